@@ -1,0 +1,261 @@
+"""The one config schema for every fspo-ray job, and its YAML + `key.sub=value` loader.
+
+Every field has a description; cross-field checks live in `model_validator`s, so a bad
+config fails at submit time, before any Ray worker starts, with the field named.
+"""
+
+from __future__ import annotations
+
+from fspo_ray.errors import FspoError
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(FspoError):
+    """A config that cannot run; the message names the field and what is allowed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(Section):
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('auto', 'ray://host:10001', ...). Unset: join the cluster "
+        "named by RAY_ADDRESS (as under `ray job submit`), else start a local one.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (unset: all cores).")
+    object_store_memory_mb: int | None = Field(
+        None, ge=64, description="Object store size for a locally started Ray, in MB (unset: Ray's default)."
+    )
+    log_to_driver: bool = Field(True, description="Stream worker logs to the driver (and so to `ray job logs`).")
+
+
+class WorldConfig(Section):
+    """The simulated user world: the embedded default environment (see DESIGN.md)."""
+
+    seed: int = Field(0, description="World seed: personas, questions and splits all derive from it.")
+    users_train: int = Field(400, ge=0, description="Number of trained users.")
+    users_held_out: int = Field(100, ge=0, description="Number of held-out users (same distribution as train).")
+    users_interpolated: int = Field(
+        100, ge=0, description="Number of interpolated users (axis-value combinations never seen in training)."
+    )
+    prefs_per_user: int = Field(24, ge=2, description="Preference pairs generated per user.")
+    min_axes_per_persona: int = Field(4, ge=1, description="Fewest axes a persona sets.")
+    max_axes_per_persona: int = Field(6, ge=1, description="Most axes a persona sets.")
+    questions_per_domain: int = Field(120, ge=1, description="Distinct questions per domain.")
+    domains: list[Literal["roleplay", "elix", "reviews"]] = Field(
+        default_factory=lambda: ["roleplay", "elix", "reviews"], description="Domains to generate."
+    )
+    judge_position_bias: float = Field(
+        0.1, ge=0.0, le=1.0, description="Probability the world judge answers 'A' regardless of content."
+    )
+    judge_noise: float = Field(0.05, ge=0.0, le=1.0, description="Probability the world judge answers at random.")
+    spread: float = Field(
+        1.0, gt=0.0, description="Sampling spread of views (the world's analogue of temperature)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> WorldConfig:
+        if self.min_axes_per_persona > self.max_axes_per_persona:
+            raise ValueError(
+                f"min_axes_per_persona ({self.min_axes_per_persona}) must be <= "
+                f"max_axes_per_persona ({self.max_axes_per_persona})"
+            )
+        if not self.domains:
+            raise ValueError("domains must name at least one of roleplay, elix, reviews")
+        return self
+
+
+class ModelConfig(Section):
+    """The policy model every stage loads: a directory made by build_model, or a hub id/path."""
+
+    name_or_path: str = Field(
+        "{output_dir}/models/tiny",
+        description="A local Hugging Face directory or a hub id (e.g. meta-llama/Llama-3.2-3B-Instruct). "
+        "'{output_dir}' is replaced by the run's output_dir.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: 'auto' is bfloat16 on GPU and float32 on CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "sdpa", description="Attention kernel passed to transformers."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off by default).")
+
+
+class TinyModelConfig(Section):
+    """Sizes of the tiny Llama-shaped model and tokenizer that build_model trains offline."""
+
+    output: str = Field("{output_dir}/models/tiny", description="Where build_model saves the model and tokenizer.")
+    corpus_files: list[str] = Field(
+        default_factory=list,
+        description="Text files (one sentence a line) to train the tokenizer on; empty: the world's text.",
+    )
+    corpus_sentences: int = Field(20000, ge=100, description="Sentences of world text when corpus_files is empty.")
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary size (byte-level; >= 256 + special tokens).")
+    hidden_size: int = Field(256, ge=8, description="Model width.")
+    intermediate_size: int = Field(688, ge=8, description="MLP width.")
+    num_layers: int = Field(4, ge=1, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(4, ge=1, description="Key/value heads (grouped-query attention when < num_heads).")
+    max_position_embeddings: int = Field(2048, ge=64, description="Longest sequence the model supports.")
+    tie_word_embeddings: bool = Field(True, description="Share input and output embeddings.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+        return self
+
+
+class EpisodeConfig(Section):
+    """How a user becomes a task: N few-shot preferences in the prompt plus one held-out pair."""
+
+    num_shots: int = Field(8, ge=0, description="Few-shot preferences in the prompt (N). 0 = no user context.")
+    min_shots: int = Field(
+        2, ge=0, description="Users with fewer than N+1 preferences use what they have, down to this many shots."
+    )
+    repeats_per_epoch: int = Field(
+        1, ge=1, description="Episodes per held-out pair per epoch, each with freshly sampled shots."
+    )
+    max_length: int = Field(
+        1024, ge=16, description="Token budget per sequence; whole oldest shots are dropped first to fit."
+    )
+    template: Literal["markdown", "chat"] = Field(
+        "markdown", description="'markdown': the official FSPO template; 'chat': the tokenizer's chat template."
+    )
+    rat: bool = Field(False, description="Add the '## User Description' block (RAT) before the response.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EpisodeConfig:
+        if self.min_shots > self.num_shots:
+            raise ValueError(f"min_shots ({self.min_shots}) must be <= num_shots ({self.num_shots})")
+        return self
+
+
+class LossConfig(Section):
+    loss_type: Literal["ipo", "dpo"] = Field("ipo", description="Preference loss on the held-out pair.")
+    beta: float = Field(0.01, gt=0.0, description="KL strength (official FSPO recipe: 0.01).")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="cDPO label smoothing (dpo only): assumed label-flip probability."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LossConfig:
+        if self.loss_type != "dpo" and self.label_smoothing:
+            raise ValueError(f"label_smoothing applies to loss_type 'dpo' only, not {self.loss_type!r}")
+        return self
+
+
+class RunConfig(Section):
+    """A whole run: one YAML under jobs/configs/, overridable with key.sub=value."""
+
+    run_name: str = Field("fspo-world", min_length=1, description="Run name; the same name resumes a run.")
+    output_dir: str = Field("runs/{run_name}", description="Where every artifact of the run lands.")
+    seed: int = Field(0, description="Global seed for sampling episodes, init and shuffles.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="How to start or join Ray.")
+    world: WorldConfig = Field(default_factory=WorldConfig, description="The simulated user world.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy model.")
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="build_model's sizes.")
+    episodes: EpisodeConfig = Field(default_factory=EpisodeConfig, description="Episode construction.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Preference loss.")
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> RunConfig:
+        # Placeholders let one YAML serve many runs: output_dir may use {run_name}, paths {output_dir}.
+        object.__setattr__(self, "output_dir", self.output_dir.format(run_name=self.run_name))
+        for section, name in (("model", "name_or_path"), ("tiny_model", "output")):
+            sec = getattr(self, section)
+            object.__setattr__(sec, name, getattr(sec, name).replace("{output_dir}", self.output_dir))
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """['a.b=1', 'c=x'] -> {'a': {'b': 1}, 'c': 'x'}; values parse as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_validation_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not in the schema; check spelling)"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Dict (+ overrides) -> validated RunConfig, or ConfigError naming each bad field."""
+    merged = _merge(data or {}, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e)) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run config, apply `key.sub=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            available = sorted(str(c) for c in Path("jobs/configs").glob("*.yaml")) if Path("jobs/configs").is_dir() else []
+            hint = f"; available: {', '.join(available)}" if available else ""
+            raise ConfigError(f"config file not found: {p}{hint}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+    return build_config(data, overrides)
+
+
+def save_resolved(cfg: RunConfig, directory: str | os.PathLike, name: str = "resolved_config.yaml") -> Path:
+    """Write the fully resolved config next to a job's outputs; returns the file path."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    out = d / name
+    out.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return out

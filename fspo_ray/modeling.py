@@ -1,0 +1,203 @@
+"""Models: build the offline tiny tokenizer + Llama-shaped LM, and load any causal LM.
+
+`load_model_and_tokenizer` is the one loader every stage uses: it takes a directory made by
+`build_tiny_model` or a hub id / path of a real model (Llama-3.2-3B-Instruct on a GPU cluster).
+"""
+
+from __future__ import annotations
+
+from fspo_ray.errors import FspoError
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SPECIAL_TOKENS = {"bos": "<|begin_of_text|>", "eos": "<|end_of_text|>", "pad": "<|pad|>"}
+CHAT_TURN_START, CHAT_TURN_END = "<|start_header_id|>", "<|eot_id|>"
+CHAT_HEADER_END = "<|end_header_id|>"
+# A Llama-3-style chat template for the tiny model, so the chat rendering path is exercised.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+class ModelLoadError(FspoError):
+    """A model path that cannot be loaded; the message says what is missing."""
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train a byte-level BPE tokenizer on `texts` and wrap it as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [*SPECIAL_TOKENS.values(), CHAT_TURN_START, CHAT_HEADER_END, CHAT_TURN_END]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        pad_token=SPECIAL_TOKENS["pad"],
+        additional_special_tokens=[CHAT_TURN_START, CHAT_HEADER_END, CHAT_TURN_END],
+    )
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(tokenizer, *, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int,
+                     num_kv_heads: int, max_position_embeddings: int, tie_word_embeddings: bool = True, seed: int = 0):
+    """A randomly initialised Llama-shaped causal LM sized for `tokenizer`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_theta=10000.0,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _check_local_dir(path: Path) -> None:
+    if not path.is_dir():
+        return
+    if not any((path / f).exists() for f in WEIGHT_FILES):
+        raise ModelLoadError(
+            f"model directory {path} has no weights (expected one of {', '.join(WEIGHT_FILES)}); "
+            "run `python -m jobs.build_model` or point model.name_or_path at a trained checkpoint"
+        )
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model directory {path} has no tokenizer (expected {' or '.join(TOKENIZER_FILES[:2])}); "
+            "save it with tokenizer.save_pretrained(dir) next to the weights"
+        )
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = Path(name_or_path)
+    if path.is_dir() and not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model directory {path} has no tokenizer (expected {' or '.join(TOKENIZER_FILES[:2])}); "
+            "save it with tokenizer.save_pretrained(dir) next to the weights"
+        )
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Real Llama-3 tokenizers ship without a pad token; padding positions are masked anyway.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    *,
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+):
+    """Load (model, tokenizer) from a local directory or a hub id, with dtype and attention from config."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(name_or_path)
+    if path.exists():
+        _check_local_dir(path)
+    elif name_or_path.startswith((".", "/")) or name_or_path.count("/") > 1:
+        raise ModelLoadError(f"model path {name_or_path} does not exist")
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            dtype=resolve_dtype(dtype, device),
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as e:
+        raise ModelLoadError(f"cannot load model {name_or_path!r}: {e}") from None
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device), tokenizer
+
+
+def corpus_texts(cfg) -> list[str]:
+    """Text for the tokenizer: the configured files, else the simulated world's text."""
+    from fspo_ray.errors import FspoError
+
+    tcfg = cfg.tiny_model
+    if tcfg.corpus_files:
+        texts: list[str] = []
+        for f in tcfg.corpus_files:
+            p = Path(f)
+            if not p.is_file():
+                raise FspoError(f"tiny_model.corpus_files: {p} does not exist")
+            texts.extend(line for line in p.read_text().splitlines() if line.strip())
+        if not texts:
+            raise FspoError(f"tiny_model.corpus_files: {tcfg.corpus_files} hold no text")
+        return texts
+    from fspo_ray.world import world_from_config
+
+    return world_from_config(cfg.world).corpus(tcfg.corpus_sentences)
+
+
+def build_tiny_from_config(cfg) -> Path:
+    """Train the tokenizer on the corpus, build the model from `cfg.tiny_model`, save both."""
+    t = cfg.tiny_model
+    tokenizer = train_tokenizer(corpus_texts(cfg), t.vocab_size)
+    model = build_tiny_model(
+        tokenizer,
+        hidden_size=t.hidden_size,
+        intermediate_size=t.intermediate_size,
+        num_layers=t.num_layers,
+        num_heads=t.num_heads,
+        num_kv_heads=t.num_kv_heads,
+        max_position_embeddings=t.max_position_embeddings,
+        tie_word_embeddings=t.tie_word_embeddings,
+        seed=cfg.seed,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("tiny model: %.2fM parameters, vocab %d", n_params / 1e6, len(tokenizer))
+    return save_model(model, tokenizer, t.output)

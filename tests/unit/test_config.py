@@ -1,0 +1,90 @@
+"""Config: YAML + overrides, and the error messages users see (pinned)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fspo_ray.config import ConfigError, build_config, load_config, parse_overrides, save_resolved
+
+WORLD = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "world.yaml"
+
+
+def test_world_yaml_loads_and_overrides_apply():
+    cfg = load_config(WORLD, ["world.seed=7", "episodes.num_shots=4", "output_dir=/tmp/x", "world.domains=[elix]"])
+    assert cfg.world.seed == 7
+    assert cfg.episodes.num_shots == 4
+    assert cfg.world.domains == ["elix"]
+    assert cfg.output_dir == "/tmp/x"
+    assert cfg.model.name_or_path == "/tmp/x/models/tiny"  # {output_dir} resolved
+    assert cfg.tiny_model.output == "/tmp/x/models/tiny"
+
+
+def test_run_name_placeholder():
+    cfg = build_config({"run_name": "abc"})
+    assert cfg.output_dir == "runs/abc"
+
+
+def test_parse_overrides_types():
+    assert parse_overrides(["a.b=1", "a.c=0.5", "d=true", "e=[1, 2]", "f=text"]) == {
+        "a": {"b": 1, "c": 0.5}, "d": True, "e": [1, 2], "f": "text"
+    }
+
+
+def test_missing_file_names_it():
+    with pytest.raises(ConfigError, match=r"config file not found: nope\.yaml"):
+        load_config("nope.yaml")
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"world\.sede: unknown key \(not in the schema; check spelling\)"):
+        load_config(WORLD, ["world.sede=3"])
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match=r"trian: unknown key"):
+        build_config({"trian": {"lr": 1}})
+
+
+def test_wrong_type_is_named_with_value():
+    with pytest.raises(ConfigError, match=r"episodes\.num_shots: Input should be a valid integer.*\(got 'many'\)"):
+        load_config(WORLD, ["episodes.num_shots=many"])
+
+
+def test_wrong_value_is_named():
+    with pytest.raises(ConfigError, match=r"loss\.loss_type: Input should be 'ipo' or 'dpo' \(got 'kto'\)"):
+        load_config(WORLD, ["loss.loss_type=kto"])
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match=r"episodes: Value error, min_shots \(5\) must be <= num_shots \(4\)"):
+        load_config(WORLD, ["episodes.num_shots=4", "episodes.min_shots=5"])
+    with pytest.raises(ConfigError, match=r"label_smoothing applies to loss_type 'dpo' only, not 'ipo'"):
+        load_config(WORLD, ["loss.label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match=r"hidden_size \(250\) must be divisible by num_heads \(4\)"):
+        load_config(WORLD, ["tiny_model.hidden_size=250"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match=r"override 'world\.seed' must look like key\.sub=value"):
+        load_config(WORLD, ["world.seed"])
+
+
+def test_every_field_has_a_description():
+    from fspo_ray.config import RunConfig
+
+    def walk(model, prefix=""):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{prefix}{name} has no description"
+            ann = field.annotation
+            if isinstance(ann, type) and hasattr(ann, "model_fields"):
+                walk(ann, f"{prefix}{name}.")
+
+    walk(RunConfig)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(WORLD, ["world.seed=3"])
+    path = save_resolved(cfg, tmp_path)
+    again = build_config(yaml.safe_load(path.read_text()))
+    assert again == cfg
