@@ -96,9 +96,11 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     with torch.device(args.device):
         model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))
     if not args.no_grad_ckpt:
-        model.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": False}
-        )
+        # transformers renamed gradient_checkpointing_enable; accept both (5.17 on the GPU image).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
 
 
