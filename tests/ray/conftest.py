@@ -1,0 +1,29 @@
+"""The Ray layer: one small local cluster for the whole test session."""
+
+import os
+
+import pytest
+
+# Worker prints once, fast Train reports; set before Ray starts so workers inherit them.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RAY_TEST_CPUS = 4  # logical CPUs on a 2-core machine: room for fractional actors plus Train workers
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=True, log_to_driver=True,
+                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"}})
+    yield ray
+    ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "tests/ray/" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.ray)
