@@ -1,0 +1,276 @@
+"""Episode shards for a training stage: sample, tokenize, score the reference once, write parquet.
+
+The reference model's log-probs are computed once per episode in a Ray Data pass (an actor
+pool holding the reference model) and stored with the episode, so training holds one model.
+Shards are written per epoch (episodes are resampled every epoch) and reused on rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fspo_ray.config import RunConfig, StageConfig
+from fspo_ray.episodes import (
+    Episode,
+    EpisodeError,
+    Preference,
+    build_episodes,
+    encode_episode,
+)
+from fspo_ray.errors import FspoError
+
+logger = logging.getLogger(__name__)
+
+EPISODE_SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("user_id", pa.string()),
+        ("split", pa.string()),
+        ("prompt_ids", pa.list_(pa.int32())),
+        ("chosen_ids", pa.list_(pa.int32())),
+        ("rejected_ids", pa.list_(pa.int32())),
+        ("num_shots", pa.int32()),
+        ("ref_chosen_logps", pa.float64()),
+        ("ref_rejected_logps", pa.float64()),
+    ]
+)
+DONE_MARKER = "_DONE.json"
+
+
+@dataclass(frozen=True)
+class UserData:
+    """Preferences and gold descriptions per user, of one split."""
+
+    prefs: dict[str, list[Preference]]
+    descriptions: dict[str, str]
+
+
+def load_users(pref_dir: str | Path, split: str, max_users: int | None = None) -> UserData:
+    from fspo_ray.data import read_preferences
+
+    table = read_preferences(pref_dir, splits=[split])
+    prefs: dict[str, list[Preference]] = {}
+    descriptions: dict[str, str] = {}
+    for row in table.to_pylist():
+        prefs.setdefault(row["user_id"], []).append(Preference(row["question"], row["chosen"], row["rejected"]))
+        if row.get("user_description"):
+            descriptions[row["user_id"]] = row["user_description"]
+    if max_users is not None:
+        keep = sorted(prefs)[:max_users]
+        prefs = {u: prefs[u] for u in keep}
+    return UserData(prefs, descriptions)
+
+
+def stage_shots(cfg: RunConfig, stage: StageConfig) -> int:
+    if stage.kind == "base_sft":
+        return 0
+    return cfg.episodes.num_shots if stage.num_shots is None else stage.num_shots
+
+
+def sample_episodes(cfg: RunConfig, stage: StageConfig, users: UserData, epoch: int) -> list[Episode]:
+    n = stage_shots(cfg, stage)
+    episodes, stats = build_episodes(
+        users.prefs,
+        num_shots=n,
+        min_shots=min(cfg.episodes.min_shots, n),
+        seed=cfg.seed,
+        epoch=epoch,
+        repeats=1 if stage.kind == "base_sft" else cfg.episodes.repeats_per_epoch,
+        descriptions=users.descriptions,
+    )
+    if stats.skipped_users:
+        logger.warning("stage %s epoch %d: skipped users %s", stage.name, epoch, dict(stats.skipped_users))
+    return episodes
+
+
+def episode_records(episodes: list[Episode], split: str) -> list[dict]:
+    """Episodes as plain records (Arrow-friendly) for a Ray Data pipeline."""
+    return [
+        {
+            "index": i,
+            "user_id": e.user_id,
+            "split": split,
+            "shots": [{"question": s.question, "chosen": s.chosen, "rejected": s.rejected} for s in e.shots],
+            "question": e.held_out.question,
+            "chosen": e.held_out.chosen,
+            "rejected": e.held_out.rejected,
+            "user_description": e.user_description or "",
+        }
+        for i, e in enumerate(episodes)
+    ]
+
+
+class EpisodeTokenizer:
+    """Ray Data task body: episode records -> token ids that fit the budget (drops counted)."""
+
+    def __init__(self, tokenizer_path: str, max_length: int, min_shots: int, template: str, rat: bool):
+        from fspo_ray.modeling import load_tokenizer
+
+        self.tok = load_tokenizer(tokenizer_path)
+        self.kw = dict(eos_token=self.tok.eos_token, max_length=max_length, min_shots=min_shots,
+                       template=template, rat=rat,
+                       apply_chat_template=self.tok.apply_chat_template if template == "chat" else None)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, batch: dict) -> dict:
+        out = {k: [] for k in ("index", "user_id", "split", "prompt_ids", "chosen_ids", "rejected_ids", "num_shots")}
+        for i in range(len(batch["index"])):
+            shots = tuple(Preference(s["question"], s["chosen"], s["rejected"]) for s in batch["shots"][i])
+            ep = Episode(batch["user_id"][i], shots,
+                         Preference(batch["question"][i], batch["chosen"][i], batch["rejected"][i]),
+                         user_description=batch["user_description"][i] or None)
+            enc = encode_episode(ep, self.encode, **self.kw)
+            if enc is None:
+                continue  # counted by the caller from the index gap
+            out["index"].append(int(batch["index"][i]))
+            out["user_id"].append(batch["user_id"][i])
+            out["split"].append(batch["split"][i])
+            out["prompt_ids"].append(enc.prompt_ids)
+            out["chosen_ids"].append(enc.chosen_ids)
+            out["rejected_ids"].append(enc.rejected_ids)
+            out["num_shots"].append(enc.num_shots)
+        return out
+
+
+class LogProbScorer:
+    """Ray Data actor: summed completion log-probs of each pair under one (frozen) model."""
+
+    def __init__(self, model_path: str, dtype: str, attn_implementation: str, forward: str, micro_batch: int,
+                 prefix: str = "ref_"):
+        import torch
+
+        from fspo_ray.modeling import load_model_and_tokenizer
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, tok = load_model_and_tokenizer(model_path, dtype=dtype, attn_implementation=attn_implementation,
+                                                   device=device)
+        self.model.eval()
+        self.pad_id = tok.pad_token_id
+        self.forward = forward
+        self.micro_batch = micro_batch
+        self.prefix = prefix
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        from fspo_ray.collate import collator_for
+        from fspo_ray.forward import forward_for
+
+        n = len(batch["index"])
+        chosen, rejected = [], []
+        collate, fwd = collator_for(self.forward), forward_for(self.forward)
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            for start in range(0, n, self.micro_batch):
+                ex = [{k: list(batch[k][i]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+                      for i in range(start, min(n, start + self.micro_batch))]
+                b = {k: v.to(device) for k, v in collate(ex, self.pad_id).items()}
+                out = fwd(self.model, b)
+                chosen.extend(out.chosen_logps.double().cpu().tolist())
+                rejected.extend(out.rejected_logps.double().cpu().tolist())
+        result = dict(batch)
+        result[f"{self.prefix}chosen_logps"] = chosen
+        result[f"{self.prefix}rejected_logps"] = rejected
+        return result
+
+
+def score_records(records_ds, model_path: str, cfg: RunConfig, prefix: str):
+    """Attach `<prefix>chosen_logps` / `<prefix>rejected_logps` to a Ray dataset of tokenized episodes."""
+    import ray.data
+
+    t = cfg.train
+    return records_ds.map_batches(
+        LogProbScorer,
+        fn_constructor_kwargs=dict(model_path=model_path, dtype=cfg.model.dtype,
+                                   attn_implementation=cfg.model.attn_implementation,
+                                   forward=t.forward, micro_batch=t.micro_batch_size, prefix=prefix),
+        batch_size=t.ref_batch_size,
+        compute=ray.data.ActorPoolStrategy(size=t.ref_concurrency),
+        num_cpus=t.ref_cpus,
+        num_gpus=1 if t.use_gpu else 0,
+    )
+
+
+def tokenize_dataset(records: list[dict], cfg: RunConfig, stage: StageConfig, tokenizer_path: str):
+    import ray.data
+
+    n = stage_shots(cfg, stage)
+    ds = ray.data.from_items(records, override_num_blocks=max(1, min(64, len(records) // 256)))
+    return ds.map_batches(
+        EpisodeTokenizer,
+        fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path, max_length=cfg.episodes.max_length,
+                                   min_shots=min(cfg.episodes.min_shots, n), template=cfg.episodes.template,
+                                   rat=stage.rat),
+        batch_size=256,
+        compute=ray.data.ActorPoolStrategy(size=max(1, cfg.train.ref_concurrency)),
+        num_cpus=min(cfg.train.ref_cpus, 0.5),
+    )
+
+
+def write_episode_shard(ds, out_dir: Path, expected: int, with_ref: bool) -> dict:
+    """Materialize, sort by index (deterministic order for resume), write one parquet, mark done."""
+    rows = sorted(ds.take_all(), key=lambda r: r["index"])
+    dropped = expected - len(rows)
+    cols = {name: [r.get(name) if with_ref or not name.startswith("ref_") else None for r in rows]
+            for name in EPISODE_SCHEMA.names}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols, schema=EPISODE_SCHEMA), out_dir / "episodes.parquet")
+    info = {"episodes": len(rows), "dropped_over_budget": dropped}
+    (out_dir / DONE_MARKER).write_text(json.dumps(info))
+    if dropped:
+        logger.warning("%s: %d of %d episodes did not fit max_length even with min_shots; dropped", out_dir, dropped, expected)
+    return info
+
+
+def prepare_stage_epochs(cfg: RunConfig, stage: StageConfig, pref_dir: str | Path, tokenizer_path: str,
+                         reference_path: str | None, stage_dir: Path) -> list[Path]:
+    """Write one episode shard per epoch under stage_dir/episodes/epoch=E, reusing finished ones."""
+    try:
+        users = load_users(pref_dir, "train")
+    except EpisodeError:
+        raise
+    if not users.prefs:
+        raise FspoError(f"no training users in {pref_dir} (split=train)")
+    paths = []
+    for epoch in range(stage.epochs):
+        out = stage_dir / "episodes" / f"epoch={epoch}"
+        paths.append(out)
+        if (out / DONE_MARKER).exists():
+            continue
+        episodes = sample_episodes(cfg, stage, users, epoch)
+        ds = tokenize_dataset(episode_records(episodes, "train"), cfg, stage, tokenizer_path)
+        if reference_path is not None:
+            ds = score_records(ds, reference_path, cfg, prefix="ref_")
+        info = write_episode_shard(ds, out, len(episodes), with_ref=reference_path is not None)
+        logger.info("stage %s epoch %d: %s", stage.name, epoch, info)
+    return paths
+
+
+def read_rank_batches(shard: Path, *, rank: int, world_size: int, micro_batch: int, accum: int) -> list[list[list[dict]]]:
+    """This rank's micro-batches, grouped per optimizer step: steps[s][a] is a list of examples.
+
+    Global step s covers rows [s*G, (s+1)*G) with G = micro_batch * accum * world_size; within
+    it, micro-batch a of rank r is the slice at (a * world_size + r) * micro_batch. Every rank
+    gets the same number of steps; the remainder under one global batch is left out.
+    """
+    table = pq.read_table(shard / "episodes.parquet")
+    if table.column("ref_chosen_logps").null_count == table.num_rows:  # SFT shards carry no reference
+        table = table.drop_columns(["ref_chosen_logps", "ref_rejected_logps"])
+    rows = table.to_pylist()
+    G = micro_batch * accum * world_size
+    steps = []
+    for s in range(len(rows) // G):
+        micro = []
+        for a in range(accum):
+            start = s * G + (a * world_size + rank) * micro_batch
+            micro.append(rows[start : start + micro_batch])
+        steps.append(micro)
+    return steps
