@@ -6,14 +6,15 @@ config fails at submit time, before any Ray worker starts, with the field named.
 
 from __future__ import annotations
 
-from fspo_ray.errors import FspoError
-
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fspo_ray.errors import FspoError
+from fspo_ray.generation.config import GenerateConfig
 
 
 class ConfigError(FspoError):
@@ -57,8 +58,14 @@ class WorldConfig(Section):
         0.1, ge=0.0, le=1.0, description="Probability the world judge answers 'A' regardless of content."
     )
     judge_noise: float = Field(0.05, ge=0.0, le=1.0, description="Probability the world judge answers at random.")
-    spread: float = Field(
-        1.0, gt=0.0, description="Sampling spread of views (the world's analogue of temperature)."
+    low_spread: float = Field(
+        0.3,
+        ge=0.0,
+        description="Sampling spread of views around a question's mode for plain_low_temp and persona "
+        "steering (the world's analogue of a low temperature; 0 = always the mode).",
+    )
+    high_spread: float = Field(
+        3.0, ge=0.0, description="Sampling spread of views for plain_high_temp (a high temperature)."
     )
 
     @model_validator(mode="after")
@@ -70,6 +77,8 @@ class WorldConfig(Section):
             )
         if not self.domains:
             raise ValueError("domains must name at least one of roleplay, elix, reviews")
+        if self.low_spread > self.high_spread:
+            raise ValueError(f"low_spread ({self.low_spread}) must be <= high_spread ({self.high_spread})")
         return self
 
 
@@ -156,6 +165,108 @@ class LossConfig(Section):
         return self
 
 
+STAGE_KINDS = ("base_sft", "sft", "preference")
+
+
+class StageConfig(Section):
+    """One training stage; its output directory is the next stage's start."""
+
+    name: str = Field(..., min_length=1, description="Stage name; its model lands in <output_dir>/models/<name>.")
+    kind: Literal["base_sft", "sft", "preference"] = Field(
+        ...,
+        description="'base_sft': responses without user context; 'sft': Pref-FT, both completions under the "
+        "few-shot prompt; 'preference': DPO/IPO on the held-out pair (FSPO, or a baseline with num_shots=0).",
+    )
+    init_from: str = Field(
+        "model", description="Stage whose output this stage starts from, or 'model' for model.name_or_path."
+    )
+    reference: str | None = Field(
+        None, description="Preference stages: the reference model's stage (default: init_from, as in the recipe)."
+    )
+    num_shots: int | None = Field(
+        None, ge=0, description="Shots per episode for this stage (unset: episodes.num_shots; 0: no user context)."
+    )
+    rat: bool = Field(False, description="Condition on the user description block (RAT answer model).")
+    epochs: int = Field(1, ge=1, description="Passes over the episodes; episodes are resampled every epoch.")
+    lr: float = Field(1e-6, gt=0.0, description="Peak learning rate (official FSPO recipe: 1e-6).")
+    optimizer: Literal["rmsprop", "adamw"] = Field("rmsprop", description="Optimizer (official recipe: RMSprop).")
+    weight_decay: float = Field(0.0, ge=0.0, description="Weight decay.")
+    warmup_steps: int = Field(150, ge=0, description="Linear warmup steps, then constant (official recipe: 150).")
+    grad_clip: float = Field(10.0, gt=0.0, description="Gradient-norm clip (official recipe: 10).")
+    loss_type: Literal["ipo", "dpo"] | None = Field(None, description="Preference loss (unset: loss.loss_type).")
+    beta: float | None = Field(None, gt=0.0, description="Preference beta (unset: loss.beta).")
+
+
+class TrainConfig(Section):
+    """Ray Train + DeepSpeed ZeRO meta-training."""
+
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [
+            StageConfig(name="sft", kind="sft"),
+            StageConfig(name="fspo", kind="preference", init_from="sft"),
+        ],
+        description="Stages in order; each may start from an earlier one.",
+    )
+    only: list[str] | None = Field(None, description="Run only these stages (their inputs must already exist).")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (data-parallel ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker, bf16; else CPU with gloo and fp32.")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs each worker asks Ray for.")
+    zero_stage: int = Field(2, description="DeepSpeed ZeRO stage: 2 or 3.")
+    global_batch_size: int = Field(32, ge=1, description="Pairs per optimizer step, over all workers.")
+    micro_batch_size: int = Field(4, ge=1, description="Pairs per forward/backward on one worker.")
+    forward: Literal["shared_prefix", "concatenated"] = Field(
+        "shared_prefix", description="'shared_prefix': prompt once per pair (packed, block mask); 'concatenated': two rows."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    lora_rank: int = Field(0, ge=0, description="LoRA rank through peft; 0 trains all weights.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    checkpoint_every: int = Field(50, ge=1, description="Save a DeepSpeed checkpoint and report it every K steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints Ray Train keeps per stage.")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts Ray Train allows (FailureConfig).")
+    ref_batch_size: int = Field(16, ge=1, description="Episodes per batch in the reference log-prob pass.")
+    ref_concurrency: int = Field(2, ge=1, description="Actors in the reference log-prob pass.")
+    ref_cpus: float = Field(1.0, gt=0.0, description="CPUs per reference log-prob actor.")
+    eval_users_per_split: int = Field(
+        100, ge=1, description="Users per split scored for reward accuracy after a preference stage."
+    )
+    tensorboard: bool = Field(True, description="Write TensorBoard events (when tensorboard is installed).")
+    mlflow: bool = Field(False, description="Log to MLflow (when installed; MLFLOW_TRACKING_URI applies).")
+    wandb: bool = Field(False, description="Log to Weights & Biases (when installed).")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.zero_stage not in (2, 3):
+            raise ValueError(f"zero_stage must be 2 or 3 (got {self.zero_stage})")
+        per_step = self.micro_batch_size * self.num_workers
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size x num_workers "
+                f"({self.micro_batch_size} x {self.num_workers} = {per_step})"
+            )
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for i, st in enumerate(self.stages):
+            earlier = names[:i]
+            for field_name in ("init_from", "reference"):
+                ref = getattr(st, field_name)
+                if ref is not None and ref != "model" and ref not in earlier:
+                    raise ValueError(
+                        f"stages[{i}] ({st.name}).{field_name}={ref!r} must be 'model' or an earlier stage {earlier}"
+                    )
+            if st.kind != "preference" and st.reference is not None:
+                raise ValueError(f"stages[{i}] ({st.name}): reference applies to kind 'preference' only")
+        if self.only is not None:
+            unknown = [n for n in self.only if n not in names]
+            if unknown:
+                raise ValueError(f"only names unknown stage(s) {unknown}; stages are {names}")
+        return self
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.num_workers)
+
+
 class RunConfig(Section):
     """A whole run: one YAML under jobs/configs/, overridable with key.sub=value."""
 
@@ -168,6 +279,8 @@ class RunConfig(Section):
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="build_model's sizes.")
     episodes: EpisodeConfig = Field(default_factory=EpisodeConfig, description="Episode construction.")
     loss: LossConfig = Field(default_factory=LossConfig, description="Preference loss.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Meta-training.")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Synthetic preference generation.")
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> RunConfig:

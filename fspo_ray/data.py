@@ -7,8 +7,6 @@ are defined in one place. Columns overlap TRL's preference format (`chosen`/`rej
 
 from __future__ import annotations
 
-from fspo_ray.errors import FspoError
-
 import json
 import logging
 from collections import Counter
@@ -18,6 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from fspo_ray.errors import FspoError
 
 logger = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ workers that each own a slice of the users build the same episodes a single proc
 
 from __future__ import annotations
 
-from fspo_ray.errors import FspoError
-
 import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from fspo_ray.errors import FspoError
 
 TEMPLATES = ("markdown", "chat")
 

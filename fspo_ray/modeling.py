@@ -6,11 +6,11 @@
 
 from __future__ import annotations
 
-from fspo_ray.errors import FspoError
-
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+
+from fspo_ray.errors import FspoError
 
 logger = logging.getLogger(__name__)
 

@@ -84,7 +84,6 @@ def _optimizer(spec: LoopSpec, params):
 
 def _micro_loss(spec: LoopSpec, model, batch: dict, forward):
     """Loss and per-pair stats of one micro-batch."""
-    import torch
 
     from fspo_ray.losses import preference_loss
 
@@ -259,14 +258,14 @@ def train_loop_per_worker(config: dict) -> None:
                     print(f"[{spec.stage}] step {step}/{total_steps} epoch {epoch} loss {m['loss']:.4f} "
                           + (f"acc {m['reward_accuracy']:.3f} " if "reward_accuracy" in m else "")
                           + f"{m['tokens_per_s']:.0f} tok/s", flush=True)
+            if step % spec.checkpoint_every == 0 or step == total_steps:
+                _save_and_report(engine, step, m)
+                last_good = step
             if spec.fail_at_step is not None and step == spec.fail_at_step and rank == world - 1:
                 marker = Path(spec.stage_dir) / "killed_once"
                 if not marker.exists():
                     marker.write_text(str(step))
-                    os.kill(os.getpid(), 9)  # a real process death, not an exception
-            if step % spec.checkpoint_every == 0 or step == total_steps:
-                _save_and_report(engine, step, m)
-                last_good = step
+                    os.kill(os.getpid(), 9)  # a real process death (SIGKILL), not an exception
     _export(spec, engine, tok, rank)
     ray.train.report({"step": step, "done": 1.0})
 

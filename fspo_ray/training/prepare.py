@@ -106,21 +106,36 @@ def episode_records(episodes: list[Episode], split: str) -> list[dict]:
     ]
 
 
-class EpisodeTokenizer:
-    """Ray Data task body: episode records -> token ids that fit the budget (drops counted)."""
+class EpisodeScorer:
+    """Ray Data actor: episode records -> token ids that fit the budget, plus the summed
+    completion log-probs of each pair under each given (frozen) model.
 
-    def __init__(self, tokenizer_path: str, max_length: int, min_shots: int, template: str, rat: bool):
-        from fspo_ray.modeling import load_tokenizer
+    Tokenizing and scoring in one actor keeps one model load and one pipeline stage per pass.
+    Episodes over budget even with min_shots are dropped here; the caller counts them.
+    """
+
+    def __init__(self, tokenizer_path: str, max_length: int, min_shots: int, template: str, rat: bool,
+                 models: dict[str, str], dtype: str, attn_implementation: str, forward: str, micro_batch: int):
+        import torch
+
+        from fspo_ray.modeling import load_model_and_tokenizer, load_tokenizer
 
         self.tok = load_tokenizer(tokenizer_path)
         self.kw = dict(eos_token=self.tok.eos_token, max_length=max_length, min_shots=min_shots,
                        template=template, rat=rat,
                        apply_chat_template=self.tok.apply_chat_template if template == "chat" else None)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.models = {}
+        for prefix, path in models.items():
+            model, _ = load_model_and_tokenizer(path, dtype=dtype, attn_implementation=attn_implementation, device=device)
+            self.models[prefix] = model.eval()
+        self.forward = forward
+        self.micro_batch = micro_batch
 
     def encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def __call__(self, batch: dict) -> dict:
+    def _tokenize(self, batch: dict) -> dict:
         out = {k: [] for k in ("index", "user_id", "split", "prompt_ids", "chosen_ids", "rejected_ids", "num_shots")}
         for i in range(len(batch["index"])):
             shots = tuple(Preference(s["question"], s["chosen"], s["rejected"]) for s in batch["shots"][i])
@@ -129,7 +144,7 @@ class EpisodeTokenizer:
                          user_description=batch["user_description"][i] or None)
             enc = encode_episode(ep, self.encode, **self.kw)
             if enc is None:
-                continue  # counted by the caller from the index gap
+                continue
             out["index"].append(int(batch["index"][i]))
             out["user_id"].append(batch["user_id"][i])
             out["split"].append(batch["split"][i])
@@ -139,79 +154,53 @@ class EpisodeTokenizer:
             out["num_shots"].append(enc.num_shots)
         return out
 
-
-class LogProbScorer:
-    """Ray Data actor: summed completion log-probs of each pair under one (frozen) model."""
-
-    def __init__(self, model_path: str, dtype: str, attn_implementation: str, forward: str, micro_batch: int,
-                 prefix: str = "ref_"):
-        import torch
-
-        from fspo_ray.modeling import load_model_and_tokenizer
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, tok = load_model_and_tokenizer(model_path, dtype=dtype, attn_implementation=attn_implementation,
-                                                   device=device)
-        self.model.eval()
-        self.pad_id = tok.pad_token_id
-        self.forward = forward
-        self.micro_batch = micro_batch
-        self.prefix = prefix
-
-    def __call__(self, batch: dict) -> dict:
+    def _score(self, model, out: dict) -> tuple[list[float], list[float]]:
         import torch
 
         from fspo_ray.collate import collator_for
         from fspo_ray.forward import forward_for
 
-        n = len(batch["index"])
-        chosen, rejected = [], []
         collate, fwd = collator_for(self.forward), forward_for(self.forward)
-        device = next(self.model.parameters()).device
+        device = next(model.parameters()).device
+        chosen, rejected = [], []
+        n = len(out["index"])
         with torch.no_grad():
             for start in range(0, n, self.micro_batch):
-                ex = [{k: list(batch[k][i]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+                ex = [{k: out[k][i] for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
                       for i in range(start, min(n, start + self.micro_batch))]
-                b = {k: v.to(device) for k, v in collate(ex, self.pad_id).items()}
-                out = fwd(self.model, b)
-                chosen.extend(out.chosen_logps.double().cpu().tolist())
-                rejected.extend(out.rejected_logps.double().cpu().tolist())
-        result = dict(batch)
-        result[f"{self.prefix}chosen_logps"] = chosen
-        result[f"{self.prefix}rejected_logps"] = rejected
-        return result
+                b = {k: v.to(device) for k, v in collate(ex, self.tok.pad_token_id).items()}
+                res = fwd(model, b)
+                chosen.extend(res.chosen_logps.double().cpu().tolist())
+                rejected.extend(res.rejected_logps.double().cpu().tolist())
+        return chosen, rejected
+
+    def __call__(self, batch: dict) -> dict:
+        out = self._tokenize(batch)
+        for prefix, model in self.models.items():
+            out[f"{prefix}chosen_logps"], out[f"{prefix}rejected_logps"] = self._score(model, out)
+        return out
 
 
-def score_records(records_ds, model_path: str, cfg: RunConfig, prefix: str):
-    """Attach `<prefix>chosen_logps` / `<prefix>rejected_logps` to a Ray dataset of tokenized episodes."""
+def scored_dataset(records: list[dict], cfg: RunConfig, stage: StageConfig, tokenizer_path: str,
+                   models: dict[str, str]):
+    """A Ray dataset of tokenized episodes with `<prefix>chosen_logps`/`<prefix>rejected_logps` per model."""
     import ray.data
 
     t = cfg.train
-    return records_ds.map_batches(
-        LogProbScorer,
-        fn_constructor_kwargs=dict(model_path=model_path, dtype=cfg.model.dtype,
-                                   attn_implementation=cfg.model.attn_implementation,
-                                   forward=t.forward, micro_batch=t.micro_batch_size, prefix=prefix),
+    n = stage_shots(cfg, stage)
+    blocks = max(1, min(4 * t.ref_concurrency, len(records) // max(1, t.ref_batch_size)))
+    ds = ray.data.from_items(records, override_num_blocks=blocks)
+    return ds.map_batches(
+        EpisodeScorer,
+        fn_constructor_kwargs=dict(
+            tokenizer_path=tokenizer_path, max_length=cfg.episodes.max_length,
+            min_shots=min(cfg.episodes.min_shots, n), template=cfg.episodes.template, rat=stage.rat,
+            models=models, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
+            forward=t.forward, micro_batch=t.micro_batch_size),
         batch_size=t.ref_batch_size,
         compute=ray.data.ActorPoolStrategy(size=t.ref_concurrency),
         num_cpus=t.ref_cpus,
         num_gpus=1 if t.use_gpu else 0,
-    )
-
-
-def tokenize_dataset(records: list[dict], cfg: RunConfig, stage: StageConfig, tokenizer_path: str):
-    import ray.data
-
-    n = stage_shots(cfg, stage)
-    ds = ray.data.from_items(records, override_num_blocks=max(1, min(64, len(records) // 256)))
-    return ds.map_batches(
-        EpisodeTokenizer,
-        fn_constructor_kwargs=dict(tokenizer_path=tokenizer_path, max_length=cfg.episodes.max_length,
-                                   min_shots=min(cfg.episodes.min_shots, n), template=cfg.episodes.template,
-                                   rat=stage.rat),
-        batch_size=256,
-        compute=ray.data.ActorPoolStrategy(size=max(1, cfg.train.ref_concurrency)),
-        num_cpus=min(cfg.train.ref_cpus, 0.5),
     )
 
 
@@ -246,9 +235,8 @@ def prepare_stage_epochs(cfg: RunConfig, stage: StageConfig, pref_dir: str | Pat
         if (out / DONE_MARKER).exists():
             continue
         episodes = sample_episodes(cfg, stage, users, epoch)
-        ds = tokenize_dataset(episode_records(episodes, "train"), cfg, stage, tokenizer_path)
-        if reference_path is not None:
-            ds = score_records(ds, reference_path, cfg, prefix="ref_")
+        models = {"ref_": reference_path} if reference_path is not None else {}
+        ds = scored_dataset(episode_records(episodes, "train"), cfg, stage, tokenizer_path, models)
         info = write_episode_shard(ds, out, len(episodes), with_ref=reference_path is not None)
         logger.info("stage %s epoch %d: %s", stage.name, epoch, info)
     return paths

@@ -18,13 +18,12 @@ from fspo_ray.config import RunConfig, StageConfig
 from fspo_ray.errors import FspoError
 from fspo_ray.training.loop import LoopSpec, train_loop_per_worker
 from fspo_ray.training.prepare import (
+    episode_records,
     load_users,
     prepare_stage_epochs,
     sample_episodes,
-    episode_records,
-    score_records,
+    scored_dataset,
     stage_shots,
-    tokenize_dataset,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,7 +118,8 @@ def loop_spec(cfg: RunConfig, st: StageConfig, shards: list[Path], stage_dir: Pa
 
 def fit_stage(cfg: RunConfig, st: StageConfig, *, fail_at_step: int | None = None) -> Path:
     """Prepare shards and fit one stage; returns the exported model directory."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
@@ -171,24 +171,24 @@ def fit_stage(cfg: RunConfig, st: StageConfig, *, fail_at_step: int | None = Non
 def reward_accuracy_eval(cfg: RunConfig, st: StageConfig) -> dict[str, float]:
     """Implicit-reward accuracy on held-out pairs per split: does the trained policy, given the
     user's shots, rank the held-out pair as the user did (beta * log-ratio vs the reference)?"""
-    out: dict[str, float] = {}
     policy = str(stage_model_dir(cfg, st.name))
     reference = resolve_model(cfg, st.reference or st.init_from)
+    records: list[dict] = []
     for split in ("train", "held_out", "interpolated"):
         users = load_users(pref_dir(cfg), split, max_users=cfg.train.eval_users_per_split)
-        if not users.prefs:
-            continue
-        episodes = sample_episodes(cfg, st.model_copy(update={"kind": "preference"}), users, epoch=10_000)
-        ds = tokenize_dataset(episode_records(episodes, split), cfg, st, policy)
-        ds = score_records(ds, reference, cfg, prefix="ref_")
-        ds = score_records(ds, policy, cfg, prefix="pi_")
-        rows = ds.take_all()
-        correct = 0.0
-        for r in rows:
-            h = (r["pi_chosen_logps"] - r["ref_chosen_logps"]) - (r["pi_rejected_logps"] - r["ref_rejected_logps"])
-            correct += 1.0 if h > 0 else (0.5 if h == 0 else 0.0)
-        out[split] = correct / max(1, len(rows))
-    return out
+        if users.prefs:
+            episodes = sample_episodes(cfg, st.model_copy(update={"kind": "preference"}), users, epoch=10_000)
+            records.extend(episode_records(episodes, split))
+    for i, r in enumerate(records):
+        r["index"] = i
+    rows = scored_dataset(records, cfg, st, policy, {"ref_": reference, "pi_": policy}).take_all()
+    correct: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for r in rows:
+        h = (r["pi_chosen_logps"] - r["ref_chosen_logps"]) - (r["pi_rejected_logps"] - r["ref_rejected_logps"])
+        correct[r["split"]] = correct.get(r["split"], 0.0) + (1.0 if h > 0 else 0.5 if h == 0 else 0.0)
+        count[r["split"]] = count.get(r["split"], 0) + 1
+    return {split: correct[split] / count[split] for split in count}
 
 
 def run_training(cfg: RunConfig, *, fail_at_step: dict[str, int] | None = None) -> dict:

@@ -73,7 +73,7 @@ def _trl_loss(loss_type, beta, policy_c, policy_r, ref_c, ref_r, n_tokens):
     The stand-in model returns per-token log-probs whose sums are the given values, spread
     over `n_tokens` completion tokens; everything after the model call is TRL's code.
     """
-    trl = pytest.importorskip("trl")
+    pytest.importorskip("trl")
     from trl.trainer.dpo_trainer import DPOTrainer
 
     B = policy_c.shape[0]

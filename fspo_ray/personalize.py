@@ -1,0 +1,337 @@
+"""Two-stage RAT generation: describe the user from their shots, then answer conditioned on
+shots + description. One API for evaluation (batched) and serving (one request, streamed).
+
+User-supplied text (preferences, questions) is data, never instructions: chat-template
+special tokens are stripped, markdown header lines are escaped so the template's own headers
+stay the only delimiters, and with the chat template it only ever enters the user turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fspo_ray.config import Section
+from fspo_ray.engines import Engine, Sampling, make_engine
+from fspo_ray.episodes import (
+    RESPONSE_HEADER,
+    Preference,
+    apply_chat,
+    render_describe_prompt,
+    render_prompt,
+)
+from fspo_ray.errors import FspoError
+
+# Generation stops where the model would open a new template section.
+SECTION_STOPS = ("\n# ", "\n## ")
+
+# Chat-template control strings of common model families, beyond the tokenizer's own special
+# tokens: Llama-3 / ChatML / Phi `<|...|>`, Llama-2 `[INST]` and `<<SYS>>`, Gemma turns, `<s>`.
+_GENERIC_SPECIALS = re.compile(
+    r"<\|[^<>|\s]{1,64}\|>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|</?s>", re.IGNORECASE
+)
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_HEADER_LINE = re.compile(r"^([ \t]*)(#)", re.MULTILINE)
+
+
+class PromptTooLongError(FspoError):
+    """The question (and description) alone do not fit the model's context window."""
+
+
+def sanitize_user_text(text: str, special_tokens: Sequence[str] = ()) -> str:
+    """User text made inert inside the prompt template.
+
+    - special tokens (the tokenizer's and common chat-template markers) are removed, repeatedly,
+      since removing one can join the halves of another (`<|eot<|eot_id|>_id|>`);
+    - control characters are dropped and line ends normalised;
+    - a line starting with '#' is escaped to '\\#', so user text cannot open a template section
+      (`# Task`, `## Preferred Response`): the template's headers stay the only delimiters.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL_CHARS.sub("", text)
+    tokens = sorted((t for t in special_tokens if t), key=len, reverse=True)
+    previous = None
+    while previous != text:
+        previous = text
+        for tok in tokens:
+            text = text.replace(tok, "")
+        text = _GENERIC_SPECIALS.sub("", text)
+    text = _HEADER_LINE.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
+    return text.strip()
+
+
+# --------------------------------------------------------------------------- config
+
+
+class EngineConfig(Section):
+    """One stage's engine and its sampling defaults."""
+
+    kind: Literal["hf", "vllm"] = Field("hf", description="'hf': transformers (CPU or GPU); 'vllm': vLLM (GPU, gpu extra).")
+    model: str = Field(..., min_length=1, description="Hugging Face directory or hub id of this stage's model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: 'auto' is bfloat16 on GPU and float32 on CPU."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "sdpa", description="hf only: attention kernel passed to transformers."
+    )
+    device: str | None = Field(None, description="hf only: 'cpu', 'cuda', ... (unset: cuda when available).")
+    batch_size: int = Field(16, ge=1, description="hf only: prompts per model.generate call.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="hf only: torch intra-op threads in this process (unset: torch's default, "
+        "which Ray sets from the CPUs a replica asks for)."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm only: GPUs per engine.")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm only: share of GPU memory vLLM may use.")
+    max_model_len: int | None = Field(None, ge=16, description="vllm only: context length (unset: the model's).")
+    max_new_tokens: int = Field(64, ge=1, description="Default tokens to generate for this stage.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Default sampling temperature (0 = greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Default nucleus sampling mass.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EngineConfig:
+        if self.kind == "vllm" and self.device not in (None, "cuda"):
+            raise ValueError(f"device={self.device!r} applies to kind 'hf' only; vllm runs on cuda")
+        return self
+
+    def sampling(self, max_new_tokens: int | None = None, temperature: float | None = None,
+                 top_p: float | None = None, seed: int | None = None) -> Sampling:
+        return Sampling(
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            temperature=self.temperature if temperature is None else temperature,
+            top_p=self.top_p if top_p is None else top_p,
+            seed=seed,
+            stop=SECTION_STOPS,
+        )
+
+
+class PersonalizeConfig(Section):
+    """The two RAT stages: a persona (describe) model and an answer model."""
+
+    persona: EngineConfig = Field(..., description="Stage 1: writes the user description from the shots.")
+    answer: EngineConfig = Field(..., description="Stage 2: answers from shots + description + question.")
+    template: Literal["markdown", "chat"] = Field(
+        "markdown", description="'markdown': the official FSPO template; 'chat': it as one user turn of the chat template."
+    )
+    num_shots: int = Field(8, ge=1, description="Most recent preferences rendered as shots (older ones are ignored).")
+    max_prompt_tokens: int | None = Field(
+        None, ge=16, description="Prompt + generation token budget; whole oldest shots are dropped to fit "
+        "(unset: the model's context length)."
+    )
+
+
+def build_engine(cfg: EngineConfig) -> Engine:
+    """Engine for one stage; vLLM is imported only here, only when configured."""
+    if cfg.kind == "hf":
+        if cfg.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
+        return make_engine("hf", cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
+                           device=cfg.device, batch_size=cfg.batch_size)
+    elif cfg.kind == "vllm":
+        return make_engine("vllm", cfg.model, dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
+                           max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization)
+    raise ValueError(f"unknown engine {cfg.kind!r}; expected one of ('hf', 'vllm')")
+
+
+def _tokenizer(engine: Engine):
+    if hasattr(engine, "tokenizer"):
+        return engine.tokenizer
+    if hasattr(engine, "llm"):
+        return engine.llm.get_tokenizer()
+    return None
+
+
+def _context_length(engine: Engine) -> int | None:
+    model = getattr(engine, "model", None)
+    if model is not None:
+        return getattr(model.config, "max_position_embeddings", None)
+    llm = getattr(engine, "llm", None)
+    if llm is not None:
+        return llm.llm_engine.model_config.max_model_len
+    return None
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    tokens: int  # generated tokens (of the returned text)
+    prompt_tokens: int
+    finish_reason: Literal["stop", "length"]
+    shots_used: int
+
+
+class _Stage:
+    """One engine with its tokenizer-derived prompt helpers."""
+
+    def __init__(self, engine: Engine, cfg: EngineConfig, template: str, max_prompt_tokens: int | None):
+        self.engine, self.cfg, self.template = engine, cfg, template
+        self.tokenizer = _tokenizer(engine)
+        if template == "chat" and (self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)):
+            raise FspoError(f"template 'chat' needs a tokenizer with a chat template; {cfg.model} has none")
+        specials = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
+        specials |= {str(t) for t in (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values()}
+        self.special_tokens = tuple(sorted(specials))
+        self.max_prompt_tokens = max_prompt_tokens or _context_length(engine)
+        # HFEngine serialises its own calls; an engine without streaming (vLLM's offline LLM) is
+        # not safe to call from two threads at once, so its calls go one at a time here.
+        self.serial = threading.Lock() if not hasattr(engine, "stream") else contextlib.nullcontext()
+
+    def count(self, text: str) -> int:
+        if self.tokenizer is None:
+            return len(text.split())
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def wrap(self, markdown_prompt: str) -> str:
+        if self.template == "chat":
+            return apply_chat(markdown_prompt, self.tokenizer.apply_chat_template)
+        return markdown_prompt
+
+
+class Personalizer:
+    """`describe(shots) -> description`, then `answer(shots, description, question) -> text`.
+
+    Either stage may be absent (a Serve replica holds one); using it is then an error.
+    """
+
+    def __init__(self, persona_engine: Engine | None, answer_engine: Engine | None, cfg: PersonalizeConfig):
+        self.cfg = cfg
+        budget = cfg.max_prompt_tokens
+        self._persona = _Stage(persona_engine, cfg.persona, cfg.template, budget) if persona_engine else None
+        self._answer = _Stage(answer_engine, cfg.answer, cfg.template, budget) if answer_engine else None
+
+    @classmethod
+    def from_config(cls, cfg: PersonalizeConfig, stages: Sequence[str] = ("persona", "answer")) -> Personalizer:
+        """Build the engines `stages` need; one engine is shared when both stages name the same model."""
+        persona = build_engine(cfg.persona) if "persona" in stages else None
+        if "answer" not in stages:
+            answer = None
+        elif persona is not None and cfg.answer.model_dump(exclude={"max_new_tokens", "temperature", "top_p"}) == \
+                cfg.persona.model_dump(exclude={"max_new_tokens", "temperature", "top_p"}):
+            answer = persona
+        else:
+            answer = build_engine(cfg.answer)
+        return cls(persona, answer, cfg)
+
+    # ------------------------------------------------------------------ prompts
+
+    def _stage(self, name: str) -> _Stage:
+        stage = self._persona if name == "persona" else self._answer
+        if stage is None:
+            raise FspoError(f"this Personalizer has no {name} engine")
+        return stage
+
+    def _clean_shots(self, stage: _Stage, shots: Sequence[Preference]) -> list[Preference]:
+        recent = list(shots)[-self.cfg.num_shots :]
+        clean = lambda t: sanitize_user_text(t, stage.special_tokens)  # noqa: E731
+        return [Preference(clean(s.question), clean(s.chosen), clean(s.rejected)) for s in recent]
+
+    def _fit(self, stage: _Stage, shots: list[Preference], render, max_new_tokens: int) -> tuple[str, int, int]:
+        """Drop whole oldest shots until prompt + generation fit; the question is never cut."""
+        while True:
+            prompt = render(shots)
+            n = stage.count(prompt)
+            if stage.max_prompt_tokens is None or n + max_new_tokens <= stage.max_prompt_tokens:
+                return prompt, n, len(shots)
+            if not shots:
+                raise PromptTooLongError(
+                    f"the prompt needs {n} tokens plus {max_new_tokens} to generate, over the model's budget of "
+                    f"{stage.max_prompt_tokens} tokens even with no shots; send a shorter question or fewer max_tokens"
+                )
+            shots = shots[1:]
+
+    def describe_prompt(self, shots: Sequence[Preference], max_new_tokens: int | None = None) -> tuple[str, int, int]:
+        """(prompt, prompt tokens, shots kept) for stage 1: shots, then the describe task."""
+        stage = self._stage("persona")
+        budget = max_new_tokens or stage.cfg.max_new_tokens
+        return self._fit(stage, self._clean_shots(stage, shots),
+                         lambda s: stage.wrap(render_describe_prompt(s)), budget)
+
+    def answer_prompt(self, shots: Sequence[Preference], description: str | None, question: str,
+                      max_new_tokens: int | None = None) -> tuple[str, int, int]:
+        """(prompt, prompt tokens, shots kept) for stage 2; the prompt ends with the response header,
+        the first tokens of every completion the answer model was trained on."""
+        stage = self._stage("answer")
+        budget = max_new_tokens or stage.cfg.max_new_tokens
+        q = sanitize_user_text(question, stage.special_tokens)
+        d = None if description is None else sanitize_user_text(description, stage.special_tokens)
+        return self._fit(stage, self._clean_shots(stage, shots),
+                         lambda s: stage.wrap(render_prompt(s, q, d)) + RESPONSE_HEADER, budget)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate_from_prompts(self, name: Literal["persona", "answer"], prompts: Sequence[tuple[str, int, int]],
+                              sampling: Sampling) -> list[Generation]:
+        """One batched engine call over prompts made by describe_prompt / answer_prompt."""
+        stage = self._stage(name)
+        with stage.serial:
+            texts = stage.engine.generate([p for p, _, _ in prompts], sampling)
+        out = []
+        for (_, n_prompt, kept), text in zip(prompts, texts, strict=True):
+            text = text.strip()
+            n = stage.count(text)
+            finish = "length" if n >= sampling.max_new_tokens else "stop"
+            out.append(Generation(text, n, n_prompt, finish, kept))
+        return out
+
+    def describe_many(self, shots_list: Sequence[Sequence[Preference]], sampling: Sampling | None = None) -> list[Generation]:
+        """Stage 1 for many users in one batched call."""
+        sampling = sampling or self._stage("persona").cfg.sampling()
+        prompts = [self.describe_prompt(s, sampling.max_new_tokens) for s in shots_list]
+        return self.generate_from_prompts("persona", prompts, sampling)
+
+    def answer_many(self, items: Sequence[tuple[Sequence[Preference], str | None, str]],
+                    sampling: Sampling | None = None) -> list[Generation]:
+        """Stage 2 for many (shots, description, question) items in one batched call."""
+        sampling = sampling or self._stage("answer").cfg.sampling()
+        prompts = [self.answer_prompt(s, d, q, sampling.max_new_tokens) for s, d, q in items]
+        return self.generate_from_prompts("answer", prompts, sampling)
+
+    def describe(self, shots: Sequence[Preference]) -> str:
+        return self.describe_many([shots])[0].text
+
+    def answer(self, shots: Sequence[Preference], description: str | None, question: str) -> str:
+        return self.answer_many([(shots, description, question)])[0].text
+
+    def stream_answer(self, shots: Sequence[Preference], description: str | None, question: str,
+                      sampling: Sampling | None = None, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Stage 2, yielding text pieces; setting `cancel` stops generation at the next token."""
+        sampling = sampling or self._stage("answer").cfg.sampling()
+        prompt, _, _ = self.answer_prompt(shots, description, question, sampling.max_new_tokens)
+        return self.stream_prompt(prompt, sampling, cancel)
+
+    def stream_prompt(self, prompt: str, sampling: Sampling, cancel: threading.Event | None = None) -> Iterator[str]:
+        """Stream an answer_prompt. Engines without streaming (vLLM's offline engine) yield the whole
+        answer as one piece. Surrounding whitespace is held back, so the pieces join to exactly the
+        text `answer_many` returns."""
+        stage = self._stage("answer")
+        engine = stage.engine
+        if not hasattr(engine, "stream"):
+            with stage.serial:
+                text = engine.generate([prompt], sampling)[0].strip()
+            yield text
+            return
+        pending, started = "", False
+        for piece in engine.stream(prompt, sampling, cancel):
+            if cancel is not None and cancel.is_set():
+                break  # pieces generated before the cancel took effect are not wanted either
+            pending += piece
+            if not started:
+                pending = pending.lstrip()
+            emit = pending.rstrip()
+            if emit:
+                started = True
+                yield emit
+                pending = pending[len(emit):]
+
+    def count_tokens(self, stage: Literal["persona", "answer"], text: str) -> int:
+        return self._stage(stage).count(text)
