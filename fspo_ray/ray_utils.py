@@ -10,6 +10,15 @@ from fspo_ray.config import RayConfig
 logger = logging.getLogger(__name__)
 
 
+# Every job's workers get these: fast Ray Train reports (the controller polls every 2 s by
+# default), one copy of each worker print, no tokenizer thread pools fighting Ray's workers.
+JOB_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
 def init_ray(cfg: RayConfig, *, runtime_env: dict | None = None) -> dict:
     """Join the cluster named by config or RAY_ADDRESS (as under `ray job submit`), else start a
     local one. Returns the cluster's resources."""
@@ -17,6 +26,10 @@ def init_ray(cfg: RayConfig, *, runtime_env: dict | None = None) -> dict:
 
     if ray.is_initialized():
         return ray.cluster_resources()
+    for k, v in JOB_ENV.items():
+        os.environ.setdefault(k, v)  # a locally started cluster inherits the driver's environment
+    runtime_env = dict(runtime_env or {})
+    runtime_env["env_vars"] = {**JOB_ENV, **runtime_env.get("env_vars", {})}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"log_to_driver": cfg.log_to_driver, "runtime_env": runtime_env}
     if address:

@@ -21,7 +21,7 @@ def train(cfg: RunConfig) -> None:
     from fspo_ray.training.run import check_inputs, run_training
 
     check_inputs(cfg)  # before any Ray worker starts
-    init_ray(cfg.ray, runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    init_ray(cfg.ray)
     run_training(cfg)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -193,7 +192,6 @@ def reward_accuracy_eval(cfg: RunConfig, st: StageConfig) -> dict[str, float]:
 
 def run_training(cfg: RunConfig, *, fail_at_step: dict[str, int] | None = None) -> dict:
     """Run every selected stage; write eval_metrics.json with reward accuracy per split."""
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
     check_inputs(cfg)
     results: dict[str, dict] = {}
     for st in selected_stages(cfg):
