@@ -165,17 +165,19 @@ class LossConfig(Section):
         return self
 
 
-STAGE_KINDS = ("base_sft", "sft", "preference")
+STAGE_KINDS = ("base_sft", "sft", "preference", "describe_sft", "describe_preference")
 
 
 class StageConfig(Section):
     """One training stage; its output directory is the next stage's start."""
 
     name: str = Field(..., min_length=1, description="Stage name; its model lands in <output_dir>/models/<name>.")
-    kind: Literal["base_sft", "sft", "preference"] = Field(
+    kind: Literal["base_sft", "sft", "preference", "describe_sft", "describe_preference"] = Field(
         ...,
         description="'base_sft': responses without user context; 'sft': Pref-FT, both completions under the "
-        "few-shot prompt; 'preference': DPO/IPO on the held-out pair (FSPO, or a baseline with num_shots=0).",
+        "few-shot prompt; 'preference': DPO/IPO on the held-out pair (FSPO, or a baseline with num_shots=0); "
+        "'describe_sft': RAT stage 1, shots -> the gold user description; 'describe_preference': RAT stage 2, "
+        "DPO/IPO between sampled descriptions closest and farthest (MiniLM) from the gold one.",
     )
     init_from: str = Field(
         "model", description="Stage whose output this stage starts from, or 'model' for model.name_or_path."
@@ -193,6 +195,9 @@ class StageConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay.")
     warmup_steps: int = Field(150, ge=0, description="Linear warmup steps, then constant (official recipe: 150).")
     grad_clip: float = Field(10.0, gt=0.0, description="Gradient-norm clip (official recipe: 10).")
+    num_samples: int = Field(4, ge=2, description="describe_preference: descriptions sampled per episode (K).")
+    sample_temperature: float = Field(1.0, gt=0.0, description="describe_preference: sampling temperature.")
+    max_description_tokens: int = Field(80, ge=8, description="describe_preference: longest sampled description.")
     loss_type: Literal["ipo", "dpo"] | None = Field(None, description="Preference loss (unset: loss.loss_type).")
     beta: float | None = Field(None, gt=0.0, description="Preference beta (unset: loss.beta).")
 
@@ -254,8 +259,10 @@ class TrainConfig(Section):
                     raise ValueError(
                         f"stages[{i}] ({st.name}).{field_name}={ref!r} must be 'model' or an earlier stage {earlier}"
                     )
-            if st.kind != "preference" and st.reference is not None:
-                raise ValueError(f"stages[{i}] ({st.name}): reference applies to kind 'preference' only")
+            if st.kind not in ("preference", "describe_preference") and st.reference is not None:
+                raise ValueError(f"stages[{i}] ({st.name}): reference applies to preference kinds only")
+            if st.kind.startswith("describe") and st.rat:
+                raise ValueError(f"stages[{i}] ({st.name}): rat applies to answer stages, not {st.kind!r}")
         if self.only is not None:
             unknown = [n for n in self.only if n not in names]
             if unknown:

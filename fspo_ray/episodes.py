@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from fspo_ray.errors import FspoError
 
 TEMPLATES = ("markdown", "chat")
+TASKS = ("answer", "describe")
 
 TASK_LINE = "# Task\nGiven the examples above, generate a preferred response to the following question.\n"
 DESCRIBE_TASK_LINE = "# Task\nGiven the examples above, describe the user's preferences.\n"
@@ -193,6 +194,7 @@ def encode_episode(
     template: str = "markdown",
     rat: bool = False,
     apply_chat_template: Callable[..., str] | None = None,
+    task: str = "answer",
 ) -> EncodedEpisode | None:
     """Tokenize an episode to fit `max_length` (prompt + the longer completion).
 
@@ -203,15 +205,22 @@ def encode_episode(
     """
     if template not in TEMPLATES:
         raise EpisodeError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+    if task not in TASKS:
+        raise EpisodeError(f"unknown task {task!r}; expected one of {TASKS}")
     if template == "chat" and apply_chat_template is None:
         raise EpisodeError("template 'chat' needs a tokenizer with a chat template")
     description = episode.user_description if rat else None
-    chosen_ids = encode(render_completion(episode.held_out.chosen, eos_token))
-    rejected_ids = encode(render_completion(episode.held_out.rejected, eos_token))
+    # RAT's describe task: the held-out pair holds two descriptions (or the gold one twice, for SFT).
+    complete = render_description_completion if task == "describe" else render_completion
+    chosen_ids = encode(complete(episode.held_out.chosen, eos_token))
+    rejected_ids = encode(complete(episode.held_out.rejected, eos_token))
     budget = max_length - max(len(chosen_ids), len(rejected_ids))
     shots = list(episode.shots)
     while True:
-        prompt = render_prompt(shots, episode.held_out.question, description)
+        if task == "describe":
+            prompt = render_describe_prompt(shots)
+        else:
+            prompt = render_prompt(shots, episode.held_out.question, description)
         if template == "chat":
             prompt = apply_chat(prompt, apply_chat_template)
         prompt_ids = encode(prompt)

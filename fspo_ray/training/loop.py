@@ -24,7 +24,7 @@ class LoopSpec:
     """Everything a worker needs, as plain data (it travels to the workers)."""
 
     stage: str
-    kind: str  # base_sft | sft | preference
+    kind: str  # base_sft | sft | preference | describe_sft | describe_preference
     init_path: str
     export_dir: str
     stage_dir: str
@@ -88,7 +88,7 @@ def _micro_loss(spec: LoopSpec, model, batch: dict, forward):
     from fspo_ray.losses import preference_loss
 
     out = forward(model, batch)
-    if spec.kind in ("base_sft", "sft"):
+    if spec.kind in ("base_sft", "sft", "describe_sft"):
         # Pref-FT: mean NLL over the tokens of both completions under the prompt.
         tokens = (out.chosen_tokens + out.rejected_tokens).sum()
         loss = -(out.chosen_logps.sum() + out.rejected_logps.sum()) / tokens.clamp(min=1)

@@ -67,6 +67,10 @@ def load_users(pref_dir: str | Path, split: str, max_users: int | None = None) -
     return UserData(prefs, descriptions)
 
 
+def stage_task(stage: StageConfig) -> str:
+    return "describe" if stage.kind.startswith("describe") else "answer"
+
+
 def stage_shots(cfg: RunConfig, stage: StageConfig) -> int:
     if stage.kind == "base_sft":
         return 0
@@ -89,21 +93,103 @@ def sample_episodes(cfg: RunConfig, stage: StageConfig, users: UserData, epoch: 
     return episodes
 
 
-def episode_records(episodes: list[Episode], split: str) -> list[dict]:
-    """Episodes as plain records (Arrow-friendly) for a Ray Data pipeline."""
-    return [
-        {
+def episode_records(episodes: list[Episode], split: str, task: str = "answer") -> list[dict]:
+    """Episodes as plain records (Arrow-friendly) for a Ray Data pipeline.
+
+    For RAT's describe task the completion is the gold description (chosen and rejected alike,
+    for SFT); describe_preference replaces them with sampled descriptions.
+    """
+    records = []
+    for i, e in enumerate(episodes):
+        if task == "describe" and not e.user_description:
+            raise FspoError(f"user {e.user_id} has no user_description; RAT describe stages need one per user")
+        chosen, rejected = (e.user_description, e.user_description) if task == "describe" else (e.held_out.chosen, e.held_out.rejected)
+        records.append({
             "index": i,
             "user_id": e.user_id,
             "split": split,
             "shots": [{"question": s.question, "chosen": s.chosen, "rejected": s.rejected} for s in e.shots],
             "question": e.held_out.question,
-            "chosen": e.held_out.chosen,
-            "rejected": e.held_out.rejected,
+            "chosen": chosen,
+            "rejected": rejected,
             "user_description": e.user_description or "",
-        }
-        for i, e in enumerate(episodes)
-    ]
+        })
+    return records
+
+
+class DescriptionSampler:
+    """Ray Data actor for RAT stage 2: sample K descriptions on-policy per episode, rank them by
+    MiniLM cosine similarity to the gold description; closest is chosen, farthest rejected."""
+
+    def __init__(self, model_path: str, embedder_path: str, num_samples: int, temperature: float,
+                 max_new_tokens: int, seed: int):
+        import os
+
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        from sentence_transformers import SentenceTransformer
+
+        from fspo_ray.engines import HFEngine, Sampling
+
+        self.engine = HFEngine(model_path, batch_size=64)
+        self.embedder = SentenceTransformer(embedder_path, device="cpu")
+        self.k = num_samples
+        self.sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop=("\n",))
+
+    def __call__(self, batch: dict) -> dict:
+        from fspo_ray.episodes import Preference, render_describe_prompt
+
+        n = len(batch["index"])
+        prompts = []
+        for i in range(n):
+            shots = [Preference(s["question"], s["chosen"], s["rejected"]) for s in batch["shots"][i]]
+            prompts.extend([render_describe_prompt(shots)] * self.k)
+        samples = [t.strip() for t in self.engine.generate(prompts, self.sampling)]
+        gold = self.embedder.encode(list(batch["user_description"]), normalize_embeddings=True)  # (n, d)
+        emb = self.embedder.encode([t or "-" for t in samples], normalize_embeddings=True)  # (n*K, d)
+        out = {k: list(batch[k]) for k in batch}
+        out["sim_mean"], out["sim_best"], out["sim_worst"] = [], [], []
+        for i in range(n):
+            group = samples[i * self.k : (i + 1) * self.k]
+            sims = (emb[i * self.k : (i + 1) * self.k] @ gold[i]).tolist()  # (K,)
+            best, worst = max(range(self.k), key=sims.__getitem__), min(range(self.k), key=sims.__getitem__)
+            out["chosen"][i], out["rejected"][i] = group[best] or "-", group[worst] or "-"
+            out["sim_mean"].append(sum(sims) / self.k)
+            out["sim_best"].append(sims[best])
+            out["sim_worst"].append(sims[worst])
+        return out
+
+
+def sample_description_pairs(records: list[dict], cfg: RunConfig, stage: StageConfig, model_path: str) -> tuple[list[dict], dict]:
+    """RAT stage 2's pairs: records whose chosen/rejected are the closest/farthest sampled descriptions."""
+    import ray.data
+
+    from fspo_ray.generation.checks import embedder_path
+
+    t = cfg.train
+    ds = ray.data.from_items(records, override_num_blocks=max(1, min(4 * t.ref_concurrency, len(records) // 16)))
+    rows = ds.map_batches(
+        DescriptionSampler,
+        fn_constructor_kwargs=dict(model_path=model_path, embedder_path=embedder_path(cfg), num_samples=stage.num_samples,
+                                   temperature=stage.sample_temperature, max_new_tokens=stage.max_description_tokens,
+                                   seed=cfg.seed),
+        batch_size=16,
+        compute=ray.data.ActorPoolStrategy(size=t.ref_concurrency),
+        num_cpus=t.ref_cpus,
+        num_gpus=1 if t.use_gpu else 0,
+    ).take_all()
+    rows.sort(key=lambda r: r["index"])
+    kept = [r for r in rows if r["chosen"] != r["rejected"]]
+    quality = {
+        "episodes": len(rows),
+        "pairs_kept": len(kept),
+        "mean_similarity_to_gold": sum(r["sim_mean"] for r in rows) / max(1, len(rows)),
+        "mean_best_similarity": sum(r["sim_best"] for r in rows) / max(1, len(rows)),
+        "mean_worst_similarity": sum(r["sim_worst"] for r in rows) / max(1, len(rows)),
+    }
+    for r in kept:
+        for k in ("sim_mean", "sim_best", "sim_worst"):
+            r.pop(k)
+    return kept, quality
 
 
 class EpisodeScorer:
@@ -115,14 +201,15 @@ class EpisodeScorer:
     """
 
     def __init__(self, tokenizer_path: str, max_length: int, min_shots: int, template: str, rat: bool,
-                 models: dict[str, str], dtype: str, attn_implementation: str, forward: str, micro_batch: int):
+                 models: dict[str, str], dtype: str, attn_implementation: str, forward: str, micro_batch: int,
+                 task: str = "answer"):
         import torch
 
         from fspo_ray.modeling import load_model_and_tokenizer, load_tokenizer
 
         self.tok = load_tokenizer(tokenizer_path)
         self.kw = dict(eos_token=self.tok.eos_token, max_length=max_length, min_shots=min_shots,
-                       template=template, rat=rat,
+                       template=template, rat=rat, task=task,
                        apply_chat_template=self.tok.apply_chat_template if template == "chat" else None)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.models = {}
@@ -196,7 +283,7 @@ def scored_dataset(records: list[dict], cfg: RunConfig, stage: StageConfig, toke
             tokenizer_path=tokenizer_path, max_length=cfg.episodes.max_length,
             min_shots=min(cfg.episodes.min_shots, n), template=cfg.episodes.template, rat=stage.rat,
             models=models, dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
-            forward=t.forward, micro_batch=t.micro_batch_size),
+            forward=t.forward, micro_batch=t.micro_batch_size, task=stage_task(stage)),
         batch_size=t.ref_batch_size,
         compute=ray.data.ActorPoolStrategy(size=t.ref_concurrency),
         num_cpus=t.ref_cpus,
@@ -235,9 +322,16 @@ def prepare_stage_epochs(cfg: RunConfig, stage: StageConfig, pref_dir: str | Pat
         if (out / DONE_MARKER).exists():
             continue
         episodes = sample_episodes(cfg, stage, users, epoch)
+        records = episode_records(episodes, "train", stage_task(stage))
+        if stage.kind == "describe_preference":
+            records, quality = sample_description_pairs(records, cfg, stage, tokenizer_path)
+            for i, r in enumerate(records):
+                r["index"] = i
+            (stage_dir / f"description_quality.epoch{epoch}.json").write_text(json.dumps(quality, indent=2))
+            logger.info("stage %s epoch %d: sampled descriptions %s", stage.name, epoch, quality)
         models = {"ref_": reference_path} if reference_path is not None else {}
-        ds = scored_dataset(episode_records(episodes, "train"), cfg, stage, tokenizer_path, models)
-        info = write_episode_shard(ds, out, len(episodes), with_ref=reference_path is not None)
+        ds = scored_dataset(records, cfg, stage, tokenizer_path, models)
+        info = write_episode_shard(ds, out, len(records), with_ref=reference_path is not None)
         logger.info("stage %s epoch %d: %s", stage.name, epoch, info)
     return paths
 

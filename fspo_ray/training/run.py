@@ -129,7 +129,8 @@ def fit_stage(cfg: RunConfig, st: StageConfig, *, fail_at_step: int | None = Non
     stage_dir = Path(cfg.output_dir).resolve() / "train" / st.name
     stage_dir.mkdir(parents=True, exist_ok=True)
     init = resolve_model(cfg, st.init_from)
-    reference = resolve_model(cfg, st.reference or st.init_from) if st.kind == "preference" else None
+    is_pref = st.kind in ("preference", "describe_preference")
+    reference = resolve_model(cfg, st.reference or st.init_from) if is_pref else None
     print(f"[train] stage {st.name} ({st.kind}): init {init}" + (f", reference {reference}" if reference else ""), flush=True)
     shards = prepare_stage_epochs(cfg, st, pref_dir(cfg), init, reference, stage_dir)
     spec = loop_spec(cfg, st, shards, stage_dir, fail_at_step)
@@ -196,7 +197,7 @@ def run_training(cfg: RunConfig, *, fail_at_step: dict[str, int] | None = None) 
     results: dict[str, dict] = {}
     for st in selected_stages(cfg):
         fit_stage(cfg, st, fail_at_step=(fail_at_step or {}).get(st.name))
-        if st.kind == "preference":
+        if st.kind == "preference":  # describe stages are scored by the evaluation's description quality
             acc = reward_accuracy_eval(cfg, st)
             results[st.name] = acc
             (Path(cfg.output_dir) / "train" / st.name / "eval_metrics.json").write_text(
