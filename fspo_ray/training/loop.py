@@ -289,6 +289,8 @@ def _save_and_report(engine, step: int, metrics: dict) -> None:
 
 def _export(spec: LoopSpec, engine, tok, rank: int) -> None:
     """Consolidate the (possibly ZeRO-3-sharded) weights on rank 0 and save a HF directory."""
+    import shutil
+
     import deepspeed
     import torch
 
@@ -302,18 +304,26 @@ def _export(spec: LoopSpec, engine, tok, rank: int) -> None:
     if rank != 0:
         return
     if spec.lora_rank:
-        module.load_state_dict(state, strict=False)
-        module = module.merge_and_unload()
-        state = {k: v for k, v in module.state_dict().items()}
+        # Rebuild the same PeftModel on CPU from the start weights, load the trained adapter and
+        # merge it, so the export is a plain model that from_pretrained and vLLM load.
+        from peft import LoraConfig, get_peft_model
+
+        from fspo_ray.modeling import load_model_and_tokenizer
+
+        base, _ = load_model_and_tokenizer(spec.init_path, dtype=spec.dtype, attn_implementation=spec.attn_implementation)
+        peft_model = get_peft_model(base, LoraConfig(r=spec.lora_rank, lora_alpha=spec.lora_alpha,
+                                                     target_modules="all-linear", task_type="CAUSAL_LM"))
+        peft_model.load_state_dict(state, strict=False)
+        model = peft_model.merge_and_unload()
+        state = None
+    else:
+        model = module
     out = Path(spec.export_dir)
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    model = module if not spec.lora_rank else module
     model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     tok.save_pretrained(tmp)
     (tmp / "fspo_stage.json").write_text(json.dumps(asdict(spec), default=str))
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
-    tmp.rename(out)
+    tmp.rename(out)  # atomic: a half-written export is never taken for a finished stage
