@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fspo_ray.errors import FspoError
+from fspo_ray.evaluation.config import EvaluateConfig
 from fspo_ray.generation.config import GenerateConfig
 
 
@@ -288,6 +289,7 @@ class RunConfig(Section):
     loss: LossConfig = Field(default_factory=LossConfig, description="Preference loss.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Meta-training.")
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Synthetic preference generation.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation: methods, splits, shots sweep, judge.")
 
     @model_validator(mode="after")
     def _resolve_paths(self) -> RunConfig:

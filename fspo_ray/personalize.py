@@ -179,7 +179,8 @@ class _Stage:
         if template == "chat" and (self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)):
             raise FspoError(f"template 'chat' needs a tokenizer with a chat template; {cfg.model} has none")
         specials = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
-        specials |= {str(t) for t in (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values()}
+        added = (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values()
+        specials |= {t.content for t in added if getattr(t, "special", False)}  # e.g. Llama-3's reserved tokens
         self.special_tokens = tuple(sorted(specials))
         self.max_prompt_tokens = max_prompt_tokens or _context_length(engine)
         # HFEngine serialises its own calls; an engine without streaming (vLLM's offline LLM) is

@@ -131,7 +131,10 @@ class ReportConfig(_Section):
     )
     similarity_samples: int = Field(5, ge=2, description="Responses per question and strategy.")
     entropy_repeats: int = Field(
-        4, ge=1, description="Judgments per order when measuring label entropy (world judge; LLM uses 1)."
+        1,
+        ge=1,
+        description="LLM judge: judgments per order when measuring label entropy (more only helps "
+        "a sampling judge). The world judge's label distribution is computed exactly.",
     )
     embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedder.")
 

@@ -102,21 +102,37 @@ class VLLMInActor:
 
 
 class HFGenerateActor:
-    """A Ray Data actor holding one Hugging Face model; fills generated_text per row."""
+    """A Ray Data actor holding one Hugging Face model. Rows addressed to it (`engine` =
+    its label) get the reply merged into their payload; other rows pass through, so the
+    ensemble's pools sit one after another in one streaming graph."""
 
     def __init__(self, model_cfg: dict, sampling: dict, output_dir: str):
         from fspo_ray.generation.config import LLMModelConfig
 
+        cfg = LLMModelConfig(**model_cfg)
+        self.label = cfg.label()
         self.sampling = sampling
-        self.engine = make_local_engine(LLMModelConfig(**model_cfg), output_dir)
+        self.engine = make_local_engine(cfg, output_dir)
 
-    def __call__(self, batch: dict) -> dict:
-        messages = [json.loads(m) for m in batch["messages_json"]]
+    def __call__(self, table):
+        import pyarrow as pa
+
+        from fspo_ray.generation.pipeline import merge_reply
+
+        mine = [i for i, e in enumerate(table.column("engine").to_pylist()) if e == self.label]
+        if not mine:
+            return table
+        sub = table.take(mine)
+        messages = [json.loads(m) for m in sub.column("messages_json").to_pylist()]
         texts = render_and_generate(self.engine, messages, self.sampling)
-        out = {k: list(v) for k, v in batch.items()}
-        out["generated_text"] = [t or "" for t in texts]
-        out["engine_error"] = [t is None for t in texts]
-        return out
+        tok = self.engine.tokenizer
+        ntok = [len(tok(t, add_special_tokens=False)["input_ids"]) if t else 0 for t in texts]
+        sub = sub.append_column("generated_text", pa.array([t or "" for t in texts], pa.string()))
+        sub = sub.append_column("num_generated_tokens", pa.array(ntok, pa.int64()))
+        sub = sub.append_column("engine_error", pa.array([t is None for t in texts], pa.bool_()))
+        done = merge_reply(sub)
+        others = [i for i in range(table.num_rows) if i not in set(mine)]
+        return pa.concat_tables([done, table.take(others)]) if others else done
 
 
 def vllm_processor_config(model_cfg, output_dir: str):
@@ -160,6 +176,7 @@ def vllm_postprocess(row: dict) -> dict:
     # Error rows (__inference_error__ set) bypass this; `normalize_engine_output` maps them.
     out = {c: row[c] for c in PASS_COLUMNS}
     out["generated_text"] = row.get("generated_text", "")
+    out["num_generated_tokens"] = int(row.get("num_generated_tokens", 0))
     out["engine_error"] = False
     return out
 

@@ -28,6 +28,7 @@ from fspo_ray.generation.providers import Shard, make_provider, plan_shards
 from fspo_ray.generation.rows import PAYLOAD
 from fspo_ray.generation.shards import ShardStore, fingerprint
 from fspo_ray.generation.stages import (
+    add_tokens,
     judge_requests,
     pair_responses,
     plan_slots,
@@ -89,7 +90,7 @@ def _rows_fn(fn):
     return batch_fn
 
 
-def _merge_reply(table: pa.Table) -> pa.Table:
+def merge_reply(table: pa.Table) -> pa.Table:
     """After an engine op: put generated_text / errors into the payload and clear the
     engine column, so later ops on other models pass these rows through."""
     names = table.column_names
@@ -97,21 +98,23 @@ def _merge_reply(table: pa.Table) -> pa.Table:
     texts = table.column("generated_text").to_pylist() if "generated_text" in names else [""] * n
     errors = table.column("engine_error").to_pylist() if "engine_error" in names else [False] * n
     inference = table.column("__inference_error__").to_pylist() if "__inference_error__" in names else [""] * n
+    ntok = table.column("num_generated_tokens").to_pylist() if "num_generated_tokens" in names else [0] * n
     rows = []
-    for p, sid, key, text, err, ierr in zip(
+    for p, sid, key, engine, text, err, ierr, tokens in zip(
         table.column(PAYLOAD).to_pylist(), table.column("shard_id").to_pylist(), table.column("key").to_pylist(),
-        texts, errors, inference, strict=True,
+        table.column("engine").to_pylist(), texts, errors, inference, ntok, strict=True,
     ):
         r = json.loads(p)
         r["shard_id"], r["key"] = sid, key
         r["generated_text"] = text or ""
         if err or ierr:
             r["engine_error"] = str(ierr or "engine error")
+        r["tokens"] = add_tokens(r.get("tokens", {}), {engine: int(tokens or 0)})
         rows.append(r)
     return to_table(rows)
 
 
-def _select(label: str, keep: bool):
+def select_engine(label: str, keep: bool):
     def select(table: pa.Table) -> pa.Table:
         engines = table.column("engine").to_pylist()
         mask = pa.array([(e == label) == keep for e in engines])
@@ -151,23 +154,16 @@ class Graph:
         return ds
 
     def engine_op(self, ds, model_cfg, purpose: str, strategy: str):
-        """Rows whose `engine` is this model go to it; the others pass by. The input is
-        materialized so both branches read it once."""
+        """Rows whose `engine` is this model go to it; the others pass by."""
         import ray.data
 
-        label = model_cfg.label()
-        ds = ds.materialize()
-        mine = ds.map_batches(_select(label, True), batch_format="pyarrow", num_cpus=self.task_args["num_cpus"])
-        rest = ds.map_batches(_select(label, False), batch_format="pyarrow", num_cpus=self.task_args["num_cpus"])
         sampling = self.provider.sampling_for(model_cfg, purpose, strategy)
-        if model_cfg.engine == "vllm":
-            from fspo_ray.generation.engines_ray import build_vllm_stage
-
-            done = build_vllm_stage(model_cfg, sampling, self.cfg.output_dir)(mine)
-        else:
+        if model_cfg.engine == "hf":
+            # The actor answers its own rows and passes the rest: no barrier, and all
+            # pools of the graph stream together.
             from fspo_ray.generation.engines_ray import HFGenerateActor
 
-            done = mine.map_batches(
+            return ds.map_batches(
                 HFGenerateActor,
                 fn_constructor_kwargs={
                     "model_cfg": model_cfg.model_dump(),
@@ -180,7 +176,17 @@ class Graph:
                 num_cpus=model_cfg.num_cpus,
                 num_gpus=model_cfg.num_gpus or None,
             )
-        done = done.map_batches(_merge_reply, batch_format="pyarrow", num_cpus=self.task_args["num_cpus"])
+        # A ray.data.llm processor answers every row it gets: split the rows (the input is
+        # materialized so both branches read it once), run the processor on ours, rejoin.
+        from fspo_ray.generation.engines_ray import build_vllm_stage
+
+        label = model_cfg.label()
+        ds = ds.materialize()
+        cpus = self.task_args["num_cpus"]
+        mine = ds.map_batches(select_engine(label, True), batch_format="pyarrow", num_cpus=cpus)
+        rest = ds.map_batches(select_engine(label, False), batch_format="pyarrow", num_cpus=cpus)
+        done = build_vllm_stage(model_cfg, sampling, self.cfg.output_dir)(mine)
+        done = done.map_batches(merge_reply, batch_format="pyarrow", num_cpus=cpus)
         return done.union(rest)
 
     def through_judging(self, ds):

@@ -2,11 +2,12 @@
 
 Label entropy (nats). For a written pair with label l and a user description d, every
 single-order judgment of the pair under d is a vote: 1 if it prefers l's side, 0 if the
-other, 1/2 for a tie. With p the mean vote over `entropy_repeats` judgments in each of the
-two orders, the pair's entropy is H(p) = -p ln p - (1 - p) ln(1 - p); the report gives the
-mean over all written pairs, with d the initial description (`before_refinement`) and the
-final, refined one (`after_refinement`). A pair the description does not decide is a coin
-flip (ln 2 = 0.693); a decided pair is 0 up to the judge's own noise and position bias.
+other, 1/2 for a tie. With p the mean vote over both orders, the pair's entropy is
+H(p) = -p ln p - (1 - p) ln(1 - p); the report gives the mean over all written pairs, with d
+the initial description (`before_refinement`) and the final, refined one
+(`after_refinement`). The world's p is exact (its judge's bias and noise are known); an LLM
+judge is asked `entropy_repeats` times per order. A pair the description does not decide is
+a coin flip (ln 2 = 0.693); a decided pair is 0 up to the judge's own noise and bias.
 
 Similarity. For each sampling strategy, `similarity_samples` responses to each of
 `similarity_questions` questions are embedded (all-MiniLM-L6-v2 by default, normalised);
@@ -166,6 +167,7 @@ def build_report(cfg, provider, manifests: list[dict], similarity: dict | None, 
     per_domain: dict[str, int] = {}
     users_per_split: dict[str, int] = {}
     drops: dict[str, int] = {}
+    tokens: dict[str, int] = {}
     sums = dict.fromkeys(
         ("pairs_judged", "position_inconsistent", "undecided_before", "refinements", "refined_rows",
          "users_short", "generator_calls", "entropy_before_sum", "entropy_after_sum"), 0.0)
@@ -176,11 +178,13 @@ def build_report(cfg, provider, manifests: list[dict], similarity: dict | None, 
             per_domain[d] = per_domain.get(d, 0) + n
         for reason, n in m["drops"].items():
             drops[reason] = drops.get(reason, 0) + n
+        for model, n in m.get("generated_tokens", {}).items():
+            tokens[model] = tokens.get(model, 0) + n
         for k in sums:
             sums[k] += m.get(k, 0)
     judged = sums["pairs_judged"]
     g = cfg.generate
-    repeats = g.report.entropy_repeats if provider.kind == "world" else 1
+    judgments = "exact (the world judge's label distribution)" if provider.kind == "world" else 2 * g.report.entropy_repeats
     report = {
         "provider": provider.kind,
         "source": provider.source,
@@ -200,12 +204,13 @@ def build_report(cfg, provider, manifests: list[dict], similarity: dict | None, 
         "refined_rows": int(sums["refined_rows"]),
         "drops": dict(sorted(drops.items())),
         "generator_calls": int(sums["generator_calls"]),
+        "generated_tokens": dict(sorted(tokens.items())),
         "label_entropy_nats": {
             "before_refinement": sums["entropy_before_sum"] / rows if rows else None,
             "after_refinement": sums["entropy_after_sum"] / rows if rows else None,
-            "judgments_per_pair": 2 * repeats,
+            "judgments_per_pair": judgments,
             "definition": "mean over written pairs of H(p), p = share of single-order judge votes "
-            "(ties 1/2) for the pair's label, under the initial / the refined user description",
+            "(ties 1/2, both orders) for the pair's label, under the initial / the refined user description",
         },
         "similarity": similarity or {},
         "similarity_setup": {

@@ -68,9 +68,10 @@ def response_requests(slots: list[dict]) -> list[dict]:
         if s.get("drop"):
             out.append(s)
             continue
-        base = {k: v for k, v in s.items() if k not in ("views", "generators")}
+        base = {k: v for k, v in s.items() if k not in ("views", "generators", "tokens")}
         for k, (view, gen) in enumerate(zip(s["views"], s["generators"], strict=True)):
-            out.append({**base, "k": k, "view": view, "generator": gen})
+            # the slot's view-listing tokens travel with its first request only
+            out.append({**base, "k": k, "view": view, "generator": gen, "tokens": s.get("tokens", {}) if k == 0 else {}})
     return out
 
 
@@ -94,6 +95,7 @@ def pair_responses(requests: list[dict], seed: int) -> list[dict]:
         valid = [r for r in generated if not r.get("drop")]
         base = {k: v for k, v in group[0].items() if k not in ("k", "view", "generator", "response", "drop")}
         base["gen_calls"] = len(generated)
+        base["tokens"] = add_tokens(*(r.get("tokens", {}) for r in group))
         early = [r["drop"] for r in group if r.get("drop") and "k" not in r]
         if early:
             out.append(drop(base, early[0]))
@@ -126,6 +128,15 @@ def pair_responses(requests: list[dict], seed: int) -> list[dict]:
     return out
 
 
+def add_tokens(*counts: dict) -> dict:
+    """Sum {model: generated tokens} counts."""
+    out: dict[str, int] = {}
+    for c in counts:
+        for model, n in c.items():
+            out[model] = out.get(model, 0) + n
+    return out
+
+
 def judge_requests(pairs: list[dict]) -> list[dict]:
     """Each pair twice: order 0 shows (a, b), order 1 shows (b, a)."""
     out = []
@@ -134,7 +145,7 @@ def judge_requests(pairs: list[dict]) -> list[dict]:
             out.append(p)
         else:
             out.append({**p, "order": 0})
-            out.append({**p, "order": 1, "gen_calls": 0})  # count the slot's calls once
+            out.append({**p, "order": 1, "gen_calls": 0, "tokens": {}})  # count the slot's calls once
     return out
 
 
@@ -162,6 +173,7 @@ class ShardResult:
     undecided_before: int = 0
     refinements: int = 0
     gen_calls: int = 0
+    tokens: dict = field(default_factory=dict)
     entropy_before_sum: float = 0.0
     entropy_after_sum: float = 0.0
 
@@ -177,6 +189,7 @@ class ShardResult:
             "refinements": self.refinements,
             "refined_rows": sum(1 for r in self.rows if r["refined"]),
             "generator_calls": self.gen_calls,
+            "generated_tokens": dict(sorted(self.tokens.items())),
             "entropy_before_sum": self.entropy_before_sum,
             "entropy_after_sum": self.entropy_after_sum,
         }
@@ -303,6 +316,8 @@ def refine_shard(rows: list[dict], provider, refiner, *, entropy_repeats: int = 
     for r in rows:
         res.users.add(r["user_id"])
         res.gen_calls += r.get("gen_calls", 0)
+        if r.get("tokens"):
+            res.tokens = add_tokens(res.tokens, r["tokens"])
         entry = by_key.setdefault(r["key"], {"orders": {}, "drop": None, "row": r})
         if r.get("drop"):
             entry["drop"] = entry["drop"] or r["drop"]

@@ -4,7 +4,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fspo_ray.data import COLUMNS, PreferenceDataError, read_preferences, validate_rows, write_preferences
+from fspo_ray.data import (
+    COLUMNS,
+    PreferenceDataError,
+    read_preferences,
+    validate_rows,
+    write_preferences,
+)
 
 
 def _row(**kw):

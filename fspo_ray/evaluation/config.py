@@ -1,0 +1,219 @@
+"""The `evaluate:` section of the run config: methods, users, shots sweep, engines, judge.
+
+Defined here rather than in fspo_ray/config.py (which imports it) so the evaluation package
+owns its schema; the base mirrors config.Section (`extra="forbid"`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fspo_ray.generation.config import LLMModelConfig
+
+SPLIT_NAMES = ("train", "held_out", "interpolated")
+CONTEXTS = ("none", "shots", "generated_description", "true_description")
+Context = Literal["none", "shots", "generated_description", "true_description"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MethodConfig(_Section):
+    """One evaluated method: a model and what user context its prompt carries."""
+
+    model: str = Field(
+        ...,
+        min_length=1,
+        description="Training stage name (its model is <output_dir>/models/<name>), or a model directory "
+        "or hub id (anything with a '/').",
+    )
+    context: Context = Field(
+        ...,
+        description="'none': the question only; 'shots': the user's N preferences, then the question; "
+        "'generated_description': shots + a description written by `describer` (RAT); "
+        "'true_description': shots + the user's gold description (the oracle).",
+    )
+    describer: str | None = Field(
+        None,
+        description="generated_description only: stage name or directory of the model that writes the "
+        "user description from the shots.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> MethodConfig:
+        if self.context == "generated_description" and not self.describer:
+            raise ValueError("context 'generated_description' needs describer (the RAT describe stage)")
+        if self.context != "generated_description" and self.describer is not None:
+            raise ValueError(f"describer applies to context 'generated_description' only, not {self.context!r}")
+        return self
+
+
+def default_methods() -> dict[str, MethodConfig]:
+    """The paper's baselines and methods, mapped to the train job's stage names."""
+    return {
+        "base": MethodConfig(model="base_sft", context="none"),
+        "few_shot": MethodConfig(model="base_sft", context="shots"),
+        "pref_ft": MethodConfig(model="sft", context="shots"),
+        "ipo": MethodConfig(model="ipo_no_context", context="none"),
+        "fspo": MethodConfig(model="fspo", context="shots"),
+        "fspo_rat": MethodConfig(model="fspo_rat", context="generated_description", describer="rat_describe"),
+        "oracle": MethodConfig(model="fspo_rat", context="true_description"),
+    }
+
+
+class InferenceConfig(_Section):
+    """Batch inference on Ray Data: one actor pool per model (hf) or a ray.data.llm processor (vllm)."""
+
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="'hf': transformers in Ray Data actors (CPU or GPU); 'vllm': ray.data.llm (GPU, gpu extra)."
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts per batch sent to one engine.")
+    concurrency: int = Field(1, ge=1, description="Actors (engine replicas) per model.")
+    num_cpus: float = Field(
+        0.25, gt=0.0, description="CPUs each hf actor asks for; fractions let one pool per model share a small box."
+    )
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs each hf actor asks for (vllm asks for tensor_parallel_size).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    max_new_tokens: int = Field(48, ge=1, description="Longest answer (greedy decoding).")
+    describe_max_new_tokens: int = Field(96, ge=1, description="Longest RAT user description (greedy decoding).")
+    max_prompt_tokens: int | None = Field(
+        None, ge=16, description="Prompt + generation token budget; whole oldest shots are dropped to fit "
+        "(unset: the model's context length)."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm only: GPUs per replica.")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm only: GPU memory share.")
+    max_model_len: int | None = Field(None, ge=64, description="vllm only: context length (unset: the model's).")
+    accelerator_type: str | None = Field(None, description="vllm only: Ray accelerator type, e.g. 'H100'.")
+
+
+class JudgeConfig(_Section):
+    """Who decides which of two answers a user prefers."""
+
+    kind: Literal["auto", "world", "llm"] = Field(
+        "auto",
+        description="'world': the simulated world's judge with the user's gold persona; 'llm': a language "
+        "model conditioned on the user's true description; 'auto': world when every evaluated row carries "
+        "a gold profile and a question id of this world, else llm.",
+    )
+    position_bias: float | None = Field(
+        None, ge=0.0, le=1.0, description="World judge: chance of answering 'A' whatever the texts (unset: world.judge_position_bias)."
+    )
+    noise: float | None = Field(
+        None, ge=0.0, le=1.0, description="World judge: chance of a random answer (unset: world.judge_noise)."
+    )
+    llm: LLMModelConfig = Field(
+        default_factory=lambda: LLMModelConfig(name="eval-judge", temperature=0.0, max_new_tokens=8),
+        description="LLM judge: model and pool (generation's judge prompt and label parser are reused).",
+    )
+
+
+class HumanEvalConfig(_Section):
+    """The human-evaluation kit (jobs.human_eval_export / jobs.human_eval_score)."""
+
+    methods: list[str] = Field(
+        default_factory=lambda: ["fspo_rat"], description="Methods whose answers are compared with the baseline."
+    )
+    template_pairs: int = Field(
+        8, ge=1, description="Candidate preference pairs per participant in the template they fill (their shots)."
+    )
+    questions_per_participant: int = Field(4, ge=1, description="New questions answered per participant.")
+    questions_file: str | None = Field(
+        None, description="JSONL {question[, question_id]} of the questions to answer; unset: questions of the "
+        "preference data that are not in the participant's template."
+    )
+
+
+class EvaluateConfig(_Section):
+    """Win rates of every method against the baseline, per user split (jobs.evaluate)."""
+
+    methods: dict[str, MethodConfig] = Field(
+        default_factory=default_methods,
+        description="Method name -> model and prompt context; report rows follow this order. Entries merge "
+        "onto the defaults (evaluate.methods.fspo.model=/ckpt changes one field), null removes a method.",
+    )
+    baseline: str = Field("base", description="The method every other method's answer is judged against.")
+    only: list[str] | None = Field(
+        None, description="Evaluate only these methods (the baseline is always generated)."
+    )
+    on_missing: Literal["skip", "fail"] = Field(
+        "skip",
+        description="A method whose stage model is missing: 'skip' it with a warning in the report, or "
+        "'fail' before any work starts. A missing baseline, or a missing explicit directory, always fails.",
+    )
+    splits: list[Literal["train", "held_out", "interpolated"]] = Field(
+        default_factory=lambda: list(SPLIT_NAMES), description="User splits to evaluate (report columns)."
+    )
+    users_per_split: int = Field(16, ge=1, description="Users evaluated per split (the first by user id).")
+    questions_per_user: int = Field(
+        2, ge=1, description="Held-out questions per user: pairs of the user that are never among the shots."
+    )
+    num_shots: int = Field(8, ge=0, description="Shots N of the main table (0 = no user context for any method).")
+    shots_sweep: list[int] = Field(
+        default_factory=lambda: [2, 4, 8], description="Shot counts of the win-rate-vs-shots sweep ([] skips it)."
+    )
+    sweep_split: Literal["train", "held_out", "interpolated"] = Field(
+        "held_out", description="The split the shots sweep runs on."
+    )
+    seed: int | None = Field(None, description="Seed of the shot/question draw and the judge (unset: the run's seed).")
+    describe_before: str | None = Field(
+        "rat_describe_sft",
+        description="RAT stage-1 describer for the description-quality report (unset: not measured).",
+    )
+    describe_after: str | None = Field(
+        "rat_describe",
+        description="RAT stage-2 describer for the description-quality report (unset: not measured).",
+    )
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="Batch inference.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The judge.")
+    human: HumanEvalConfig = Field(default_factory=HumanEvalConfig, description="Human-evaluation kit.")
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _merge_onto_defaults(cls, value):
+        if not isinstance(value, dict):
+            return value
+        merged = {k: m.model_dump(exclude_unset=True) for k, m in default_methods().items()}
+        for name, m in value.items():
+            if m is None:
+                merged.pop(name, None)
+            elif isinstance(m, dict) and name in merged:
+                merged[name] = {**merged[name], **m}
+            else:
+                merged[name] = m
+        return merged
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        names = list(self.methods)
+        if self.baseline not in self.methods:
+            raise ValueError(f"baseline {self.baseline!r} is not one of methods {names}")
+        if self.methods[self.baseline].context not in ("none", "shots"):
+            raise ValueError(
+                f"baseline {self.baseline!r} has context {self.methods[self.baseline].context!r}; "
+                "a baseline's context must be 'none' or 'shots'"
+            )
+        if self.only is not None:
+            unknown = [m for m in self.only if m not in self.methods]
+            if unknown:
+                raise ValueError(f"only names unknown method(s) {unknown}; methods are {names}")
+        unknown = [m for m in self.human.methods if m not in self.methods]
+        if unknown:
+            raise ValueError(f"human.methods names unknown method(s) {unknown}; methods are {names}")
+        if not self.splits:
+            raise ValueError(f"splits must name at least one of {list(SPLIT_NAMES)}")
+        if len(set(self.splits)) != len(self.splits):
+            raise ValueError(f"splits has duplicates: {self.splits}")
+        if any(n < 1 for n in self.shots_sweep):
+            raise ValueError(f"shots_sweep values must be >= 1, got {self.shots_sweep}")
+        if len(set(self.shots_sweep)) != len(self.shots_sweep):
+            raise ValueError(f"shots_sweep has duplicates: {self.shots_sweep}")
+        if self.shots_sweep and self.sweep_split not in self.splits:
+            raise ValueError(f"sweep_split {self.sweep_split!r} must be one of splits {self.splits}")
+        return self
+
+    @property
+    def max_shots(self) -> int:
+        return max([self.num_shots, *self.shots_sweep])

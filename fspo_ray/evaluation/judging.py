@@ -1,0 +1,178 @@
+"""Judging a method's answer against the baseline's, in both orders.
+
+Order 1 shows the method's answer as A, order 2 as B, so a judge that favours a position
+helps and hurts the method equally. Two judges:
+
+- world: the simulated world's judge with the user's gold persona (the refined profile
+  stored with the user's rows), with the configured position bias and noise;
+- llm: a language model conditioned on the user's true description. Its prompt and label
+  parser are the generation pipeline's (`generation.prompts.judge_prompt`,
+  `generation.parsers.parse_label`): one prompt for data labels and for evaluation. An
+  unparseable reply counts as a tie (pulling towards 0.5) and is counted in the report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from fspo_ray.evaluation.plan import Cell, EvaluationError, EvalUser, stable_rng
+from fspo_ray.evaluation.stats import vote
+
+ORDERS = ("A", "B")  # the method's side in order 1 and order 2
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One pair to judge: the method's and the baseline's answer for one user and question."""
+
+    cell: Cell
+    user: EvalUser
+    question_index: int
+    method_text: str
+    baseline_text: str
+
+    @property
+    def key(self) -> str:
+        c = self.cell
+        return f"{c.method}|{c.split}|{c.n}|{self.user.user_id}|{self.question_index}"
+
+    def texts(self, method_side: str) -> tuple[str, str]:
+        """(text A, text B) with the method's answer on `method_side`."""
+        if method_side == "A":
+            return self.method_text, self.baseline_text
+        return self.baseline_text, self.method_text
+
+
+# --------------------------------------------------------------------------- world judge
+
+
+def gold_persona(user: EvalUser, world):
+    """The persona the user's labels came from: the stored (refined) profile, else the world's."""
+    from fspo_ray.world import AXIS_NAMES, Persona
+
+    if user.profile is None:
+        return world.user(user.user_id)
+    rank = {a: i for i, a in enumerate(AXIS_NAMES)}
+    unknown = [a for a in user.profile if a not in rank]
+    if unknown:
+        raise EvaluationError(f"user {user.user_id}: user_profile names unknown axes {unknown}")
+    values = tuple(sorted(user.profile.items(), key=lambda av: rank[av[0]]))
+    return Persona(user.user_id, user.split, user.domain, values, user.description or "")
+
+
+def world_judge_problem(users: dict[str, list[EvalUser]], world) -> str | None:
+    """Why the world judge cannot judge these users (no gold profile, a question not of this
+    world), or None."""
+    for split_users in users.values():
+        for u in split_users:
+            if u.profile is None:
+                try:
+                    world.user(u.user_id)
+                except ValueError as e:
+                    return f"user {u.user_id} has no user_profile and is not a user of this world ({e})"
+            for q in u.questions:
+                if not q.question_id:
+                    return f"user {u.user_id}: a question has no question_id"
+                try:
+                    world.question(q.question_id)
+                except ValueError as e:
+                    return str(e)
+    return None
+
+
+def world_votes(comparisons: list[Comparison], world, *, position_bias: float, noise: float,
+                seed: int) -> list[tuple[float, float]]:
+    """Per comparison, the method's vote in order 1 and order 2 (1 win, 0.5 tie, 0 loss)."""
+    out = []
+    for c in comparisons:
+        persona = gold_persona(c.user, world)
+        question = world.question(c.user.questions[c.question_index].question_id)
+        rng = stable_rng(seed, "judge", c.key)
+        votes = []
+        for side in ORDERS:
+            a, b = c.texts(side)
+            label = world.judge(persona, question, a, b, rng, position_bias=position_bias, noise=noise)
+            votes.append(vote(label, side))
+        out.append((votes[0], votes[1]))
+    return out
+
+
+def world_scores(texts: list[tuple[EvalUser, int, str]], world) -> list[float]:
+    """The world's score of each answer for its user (matches minus contradictions on the
+    user's relevant axes): an absolute measure next to the pairwise win rate."""
+    out = []
+    for user, qi, text in texts:
+        question = world.question(user.questions[qi].question_id)
+        out.append(world.score(gold_persona(user, world), question, text))
+    return out
+
+
+# --------------------------------------------------------------------------- LLM judge
+
+
+def llm_judge_rows(comparisons: list[Comparison], label: str) -> list[dict]:
+    """Both orders of every comparison as rows of the generation pipeline's engine ops."""
+    from fspo_ray.generation.prompts import judge_prompt
+
+    rows = []
+    for i, c in enumerate(comparisons):
+        if not c.user.description:
+            raise EvaluationError(f"user {c.user.user_id}: the LLM judge needs a user_description")
+        question = c.user.questions[c.question_index].question
+        for side in ORDERS:
+            a, b = c.texts(side)
+            rows.append({
+                "shard_id": "evaluate",
+                "key": f"{i}|{side}",
+                "payload": "",
+                "engine": label,
+                "messages_json": json.dumps(judge_prompt(c.user.description, question, a, b)),
+            })
+    return rows
+
+
+def votes_from_replies(n: int, replies: dict[str, str | None]) -> tuple[list[tuple[float, float]], int]:
+    """Judge replies keyed '<index>|<side>' -> votes per comparison, and how many replies were
+    unparseable (each counted as a tie)."""
+    from fspo_ray.generation.parsers import Drop, parse_label
+
+    out, unparsed = [], 0
+    for i in range(n):
+        votes = []
+        for side in ORDERS:
+            label = parse_label(replies.get(f"{i}|{side}"))
+            if isinstance(label, Drop):
+                unparsed += 1
+                label = "tie"
+            votes.append(vote(label, side))
+        out.append((votes[0], votes[1]))
+    return out, unparsed
+
+
+def llm_votes(comparisons: list[Comparison], judge_cfg, output_dir: str) -> tuple[list[tuple[float, float]], int]:
+    """The LLM judge on Ray Data: the generation pipeline's engine ops (hf actors or vLLM)."""
+    import ray
+    import ray.data
+
+    llm = judge_cfg.llm
+    rows = llm_judge_rows(comparisons, llm.label())
+    sampling = {"temperature": llm.temperature, "top_p": llm.top_p, "max_tokens": llm.max_new_tokens, "seed": 0}
+    ds = ray.data.from_items(rows)
+    if llm.engine == "vllm":
+        from fspo_ray.generation.engines_ray import build_vllm_stage
+
+        ds = build_vllm_stage(llm, sampling, output_dir)(ds)
+    else:
+        from fspo_ray.generation.engines_ray import HFGenerateActor
+
+        ds = ds.map_batches(
+            HFGenerateActor,
+            fn_constructor_kwargs={"model_cfg": llm.model_dump(), "sampling": sampling, "output_dir": output_dir},
+            compute=ray.data.ActorPoolStrategy(size=llm.concurrency),
+            batch_size=llm.batch_size,
+            num_cpus=llm.num_cpus,
+            num_gpus=llm.num_gpus or None,
+        )
+    replies = {r["key"]: r.get("generated_text") for r in ds.iter_rows()}
+    return votes_from_replies(len(comparisons), replies)

@@ -1,0 +1,262 @@
+"""ServeConfig: the one schema a Serve YAML's `args` must satisfy before anything starts.
+
+Same conventions as fspo_ray.config: extra="forbid", a description on every field, cross-field
+checks in one validator per model, errors that name the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+
+from fspo_ray.config import ConfigError, Section, _format_validation_error
+from fspo_ray.personalize import EngineConfig, PersonalizeConfig
+
+
+class AutoscalingOptions(Section):
+    """Ray Serve `autoscaling_config` for one deployment (keys as Ray 2.60 names them)."""
+
+    min_replicas: int = Field(1, ge=1, description="Replicas kept up at all times.")
+    initial_replicas: int | None = Field(None, ge=1, description="Replicas at deploy time (unset: min_replicas).")
+    max_replicas: int = Field(1, ge=1, description="Most replicas the autoscaler may start.")
+    target_ongoing_requests: float = Field(2.0, gt=0.0, description="Ongoing requests per replica the autoscaler aims for.")
+    upscale_delay_s: float = Field(10.0, ge=0.0, description="Load must stay high this long before scaling up.")
+    downscale_delay_s: float = Field(60.0, ge=0.0, description="Load must stay low this long before scaling down.")
+    look_back_period_s: float = Field(
+        30.0, gt=10.0, description="Window the request metrics are averaged over (Ray wants it above its 10 s metrics interval)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingOptions:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError(
+                f"initial_replicas ({self.initial_replicas}) must lie in [min_replicas, max_replicas] "
+                f"= [{self.min_replicas}, {self.max_replicas}]"
+            )
+        return self
+
+
+class DeploymentOptions(Section):
+    """Resources, admission limits and health checks of one deployment."""
+
+    num_cpus: float = Field(0.5, ge=0.0, description="CPUs each replica asks Ray for (fractions share a core).")
+    num_gpus: float = Field(0.0, ge=0.0, description="GPUs each replica asks Ray for (fractions share a GPU).")
+    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(
+        16, ge=-1, description="Requests queued per caller when replicas are full; beyond it: 503. -1 = no limit."
+    )
+    autoscaling: AutoscalingOptions = Field(default_factory=AutoscalingOptions, description="Autoscaling bounds.")
+    health_check_period_s: float = Field(10.0, gt=0.0, description="Seconds between check_health calls.")
+    health_check_timeout_s: float = Field(30.0, gt=0.0, description="A check_health slower than this fails.")
+    graceful_shutdown_timeout_s: float = Field(10.0, ge=0.0, description="Wait for in-flight requests on shutdown.")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Environment variables of each replica.")
+
+    @model_validator(mode="after")
+    def _check(self) -> DeploymentOptions:
+        if self.max_queued_requests == 0:
+            raise ValueError("max_queued_requests must be -1 (no limit) or >= 1 (Ray Serve rejects 0)")
+        return self
+
+    def serve_options(self, name: str) -> dict[str, Any]:
+        """Keyword arguments for `Deployment.options(...)`."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.env_vars:
+            actor["runtime_env"] = {"env_vars": dict(self.env_vars)}
+        return dict(
+            name=name,
+            ray_actor_options=actor,
+            max_ongoing_requests=self.max_ongoing_requests,
+            max_queued_requests=self.max_queued_requests,
+            autoscaling_config=self.autoscaling.model_dump(exclude_none=True),
+            health_check_period_s=self.health_check_period_s,
+            health_check_timeout_s=self.health_check_timeout_s,
+            graceful_shutdown_timeout_s=self.graceful_shutdown_timeout_s,
+        )
+
+
+class BatchingOptions(Section):
+    """Ray Serve dynamic batching of non-streamed generations (@serve.batch)."""
+
+    max_batch_size: int = Field(8, ge=1, description="Requests generated together in one engine call.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="How long a partial batch waits for more.")
+
+
+class DeploymentsConfig(Section):
+    ingress: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(num_cpus=0.25, max_ongoing_requests=64, max_queued_requests=128),
+        description="The FastAPI ingress: light, async; it mostly waits on the two stages.",
+    )
+    persona: DeploymentOptions = Field(default_factory=DeploymentOptions, description="PersonaDeployment (stage 1).")
+    answer: DeploymentOptions = Field(default_factory=DeploymentOptions, description="AnswerDeployment (stage 2).")
+    persona_batching: BatchingOptions = Field(default_factory=BatchingOptions, description="Stage 1 batching.")
+    answer_batching: BatchingOptions = Field(default_factory=BatchingOptions, description="Stage 2 batching.")
+
+
+class LimitsConfig(Section):
+    """Request limits; a request over one gets 400/413 stating the limit."""
+
+    max_preferences: int = Field(32, ge=1, description="Preferences one request may carry.")
+    max_stored_preferences: int = Field(256, ge=1, description="Preferences kept per user; the oldest are dropped.")
+    max_text_chars: int = Field(4000, ge=1, description="Characters per question, chosen, rejected or message.")
+    max_messages: int = Field(32, ge=1, description="Messages per chat completion request.")
+    max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body (413 beyond).")
+
+    @model_validator(mode="after")
+    def _check(self) -> LimitsConfig:
+        if self.max_preferences > self.max_stored_preferences:
+            raise ValueError(
+                f"max_preferences ({self.max_preferences}) must be <= max_stored_preferences ({self.max_stored_preferences})"
+            )
+        return self
+
+
+class CacheConfig(Section):
+    """Persona cache: user + hash of the preferences -> description, skipping stage 1 on a hit."""
+
+    max_entries: int = Field(4096, ge=0, description="Entries per ingress replica (LRU beyond); 0 disables the cache.")
+    ttl_s: float = Field(600.0, gt=0.0, description="Seconds an entry lives.")
+    sweep_interval_s: float = Field(
+        1.0, gt=0.0, description="How often each ingress replica drops entries of users deleted through another replica."
+    )
+
+
+class StoreConfig(Section):
+    """Per-user profile store (preferences from feedback)."""
+
+    kind: Literal["sqlite", "memory", "custom"] = Field(
+        "sqlite", description="'sqlite': a file on `path` (survives replica restarts; one node); 'memory': per "
+        "replica, lost on restart (tests); 'custom': `class_path`, e.g. an external store on a cluster."
+    )
+    path: str = Field("{output_dir}/serve/profiles.sqlite3", description="sqlite: the database file.")
+    class_path: str | None = Field(None, description="custom: 'package.module:Class', built as Class(path).")
+
+    @model_validator(mode="after")
+    def _check(self) -> StoreConfig:
+        if self.kind == "custom" and (not self.class_path or ":" not in self.class_path):
+            raise ValueError("kind 'custom' needs class_path as 'package.module:Class'")
+        if self.kind != "custom" and self.class_path is not None:
+            raise ValueError(f"class_path applies to kind 'custom' only, not {self.kind!r}")
+        return self
+
+
+class AuthConfig(Section):
+    api_key: SecretStr | None = Field(None, description="Bearer token every /v1 request must carry (unset: no auth).")
+    api_key_env: str | None = Field(None, description="Name of an environment variable holding the API key.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AuthConfig:
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        return self
+
+    def resolve(self) -> str | None:
+        """The key, read from the environment when api_key_env names it (at build time)."""
+        if self.api_key_env is not None:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ConfigError(f"auth.api_key_env: environment variable {self.api_key_env} is not set or empty")
+            return value
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+
+def _default_personalize() -> PersonalizeConfig:
+    return PersonalizeConfig(
+        persona=EngineConfig(model="{output_dir}/models/rat_describe", max_new_tokens=64),
+        answer=EngineConfig(model="{output_dir}/models/fspo_rat", max_new_tokens=128),
+    )
+
+
+class ServeConfig(Section):
+    """The Serve application: `args` of serve/config.yaml."""
+
+    output_dir: str = Field("runs/fspo-world", description="The training run whose models/ this serves.")
+    model_id: str = Field("fspo-rat", min_length=1, description="Model name clients send and GET /v1/models lists.")
+    personalize: PersonalizeConfig = Field(
+        default_factory=_default_personalize,
+        description="The two stages (same schema as evaluation). '{output_dir}' in a model path is replaced.",
+    )
+    check_model_paths: bool = Field(
+        True, description="Fail at build time when a local model directory is missing (off: replicas find out)."
+    )
+    deployments: DeploymentsConfig = Field(default_factory=DeploymentsConfig, description="Per-deployment options.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="Persona cache.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Profile store.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API key auth.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        for stage in ("persona", "answer"):
+            engine: EngineConfig = getattr(self.personalize, stage)
+            object.__setattr__(engine, "model", engine.model.replace("{output_dir}", self.output_dir))
+            opts: DeploymentOptions = getattr(self.deployments, stage)
+            if engine.kind == "vllm" and opts.num_gpus <= 0:
+                raise ValueError(
+                    f"deployments.{stage}.num_gpus must be > 0 when personalize.{stage}.kind is 'vllm' (got {opts.num_gpus})"
+                )
+            if engine.kind == "vllm" and opts.num_gpus < engine.tensor_parallel_size:
+                # vLLM places the extra ranks itself; the replica must still hold one whole GPU per rank.
+                raise ValueError(
+                    f"deployments.{stage}.num_gpus ({opts.num_gpus}) must cover personalize.{stage}.tensor_parallel_size "
+                    f"({engine.tensor_parallel_size})"
+                )
+            batching: BatchingOptions = getattr(self.deployments, f"{stage}_batching")
+            if batching.max_batch_size > opts.max_ongoing_requests:
+                raise ValueError(
+                    f"deployments.{stage}_batching.max_batch_size ({batching.max_batch_size}) must be <= "
+                    f"deployments.{stage}.max_ongoing_requests ({opts.max_ongoing_requests}), or batches never fill"
+                )
+        if self.personalize.answer.max_new_tokens > self.limits.max_tokens:
+            raise ValueError(
+                f"personalize.answer.max_new_tokens ({self.personalize.answer.max_new_tokens}) must be <= "
+                f"limits.max_tokens ({self.limits.max_tokens})"
+            )
+        object.__setattr__(self.store, "path", self.store.path.replace("{output_dir}", self.output_dir))
+        return self
+
+
+def load_serve_config(args: dict[str, Any] | ServeConfig | None) -> ServeConfig:
+    """Serve `args` (a dict from YAML, or a ServeConfig) -> validated ServeConfig, or ConfigError naming each field."""
+    if isinstance(args, ServeConfig):
+        return args
+    try:
+        return ServeConfig.model_validate(args or {})
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e).replace("invalid config:", "invalid serve config:", 1)) from None
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).exists()
+
+
+def check_model_paths(cfg: ServeConfig) -> None:
+    """Local model directories must exist with weights; hub ids are left to the loader."""
+    if not cfg.check_model_paths:
+        return
+    for stage in ("persona", "answer"):
+        path = getattr(cfg.personalize, stage).model
+        if not _looks_local(path):
+            continue
+        p = Path(path).expanduser()
+        if not (p / "config.json").is_file():
+            raise ConfigError(
+                f"personalize.{stage}.model: {p} is not a model directory (no config.json); train it first "
+                f"(python -m jobs.train ...) or point personalize.{stage}.model at a Hugging Face directory"
+            )
+
+
+def resolve_paths(cfg: ServeConfig) -> ServeConfig:
+    """Absolute local paths, so replicas find them whatever their working directory."""
+    for stage in ("persona", "answer"):
+        engine = getattr(cfg.personalize, stage)
+        if _looks_local(engine.model):
+            object.__setattr__(engine, "model", str(Path(engine.model).expanduser().resolve()))
+    if cfg.store.kind == "sqlite":
+        object.__setattr__(cfg.store, "path", str(Path(cfg.store.path).expanduser().resolve()))
+    return cfg

@@ -1,0 +1,270 @@
+"""Real failures the other Ray test modules do not inject: a training worker SIGKILLed at a
+random step, a generation worker process SIGKILLed mid-run, and a Serve replica killed
+while clients keep sending requests. Each test prints one `[resilience]` line with its
+figures (faults injected, steps/rows/requests checked, anything lost); docs/operators.md
+tabulates them.
+
+Killed processes are found through this cluster's own state API (its workers' pids), never
+by name, so other Ray clusters on the machine are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fspo_ray.config import build_config
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def resilience(name: str, **figures) -> None:
+    print(f"\n[resilience] {name}: " + ", ".join(f"{k}={v}" for k, v in figures.items()), flush=True)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_cfg(out: Path, **train):
+    # tests/ray/test_train.py's known-good tiny setup (2 workers, ZeRO-2, checkpoint every 2 steps).
+    return build_config({
+        "run_name": "faults",
+        "output_dir": str(out),
+        "world": {"users_train": 12, "users_held_out": 3, "users_interpolated": 3, "prefs_per_user": 6},
+        "tiny_model": {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
+                       "num_heads": 2, "num_kv_heads": 2, "corpus_sentences": 1500},
+        "episodes": {"num_shots": 2, "min_shots": 1, "max_length": 384},
+        "train": {"num_workers": 2, "global_batch_size": 8, "micro_batch_size": 2, "checkpoint_every": 2,
+                  "ref_concurrency": 1, "ref_cpus": 0.5, "cpus_per_worker": 1, "eval_users_per_split": 3,
+                  "max_failures": 1, "tensorboard": False,
+                  "stages": [{"name": "fspo", "kind": "preference", "init_from": "model", "lr": 3e-3,
+                              "warmup_steps": 1, "optimizer": "adamw", "epochs": 2, "beta": 0.1}]} | train,
+    })
+
+
+def _losses(out: Path) -> tuple[dict[int, float], list[int]]:
+    rows = [json.loads(line) for line in (out / "train" / "fspo" / "metrics.jsonl").read_text().splitlines()]
+    return {m["step"]: m["loss"] for m in rows}, [m["step"] for m in rows]
+
+
+def test_training_worker_sigkilled_at_a_random_step_resumes_exactly(ray_cluster, tmp_path):
+    """SIGKILL of rank 1's process (training/loop.py's fail_at_step hook: os.kill(getpid(), 9))
+    at a step drawn at random; Ray Train restarts the group from the last checkpoint."""
+    from fspo_ray.modeling import build_tiny_from_config
+    from fspo_ray.training.run import fit_stage
+    from tests.world_fixtures import write_world_prefs
+
+    ref = tmp_path / "ref"
+    cfg = _train_cfg(ref)
+    write_world_prefs(cfg)
+    build_tiny_from_config(cfg)
+    fit_stage(cfg, cfg.train.stages[0])
+    ref_losses, ref_steps = _losses(ref)
+
+    seed = int(os.environ.get("FSPO_FAULT_SEED", time.time_ns() % 1_000_000))
+    step = random.Random(seed).randint(2, len(ref_steps) - 1)  # after a first step, before the last
+    killed = tmp_path / "killed"
+    for part in ("prefs", "models/tiny", "train/fspo/episodes"):  # same data and episode shards
+        shutil.copytree(ref / part, killed / part)
+    kcfg = _train_cfg(killed)
+    fit_stage(kcfg, kcfg.train.stages[0], fail_at_step=step)
+    assert (killed / "train" / "fspo" / "killed_once").read_text() == str(step), f"FSPO_FAULT_SEED={seed}"
+    losses, steps = _losses(killed)
+    assert steps == list(range(1, len(ref_steps) + 1)), f"FSPO_FAULT_SEED={seed}: steps {steps}"  # contiguous
+    for s in steps:
+        assert losses[s] == pytest.approx(ref_losses[s], rel=1e-5, abs=1e-6), (s, f"FSPO_FAULT_SEED={seed}")
+    last_ckpt = (step // 2) * 2
+    resilience("train worker SIGKILL", seed=seed, killed_at_step=step, resumed_from_checkpoint_step=last_ckpt,
+               steps_checked=len(steps), steps_replayed=step - last_ckpt, final_loss_equal=True, lost=0)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def _cluster_worker_pids() -> set[int]:
+    from ray.util.state import list_workers
+
+    return {w.pid for w in list_workers(filters=[("worker_type", "=", "WORKER"), ("is_alive", "=", "True")],
+                                        limit=10_000, raise_on_missing_output=False)}
+
+
+def _busy_generation_workers() -> list[int]:
+    """This cluster's worker processes that are running a generation map task right now."""
+    pids = []
+    for pid in _cluster_worker_pids():
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and "MapBatches" in title:
+            pids.append(pid)
+    return pids
+
+
+def _manifests(out: Path) -> set[str]:
+    d = out / "prefs" / "_manifest"
+    return {p.stem for p in d.glob("*.json")} if d.exists() else set()
+
+
+def test_generation_worker_sigkilled_mid_run_gives_exactly_the_uninterrupted_rows(ray_cluster, tmp_path):
+    from fspo_ray.data import read_preferences
+    from fspo_ray.generation.pipeline import run_generate
+
+    overrides = ["world.users_train=40", "world.users_held_out=8", "world.users_interpolated=8", "world.prefs_per_user=12",
+                 "generate.users_per_shard=2", "generate.tasks.concurrency=2", "generate.report.similarity_questions=0"]
+    total = (40 + 8 + 8) // 2
+    ref = tmp_path / "ref"
+    run_generate(build_config({}, [f"output_dir={ref}", *overrides]))
+    want = sorted(read_preferences(ref / "prefs").to_pylist(), key=lambda r: r["pair_id"])
+
+    out = tmp_path / "killed"
+    kills: list[tuple[int, int]] = []  # (pid, shards committed when it was killed)
+    done = threading.Event()
+
+    def killer():
+        # Kill a worker that is computing a shard, three times over the run.
+        while not done.is_set() and len(kills) < 3:
+            committed = len(_manifests(out))
+            if committed >= 2 + 6 * len(kills):
+                busy = _busy_generation_workers()
+                if busy:
+                    pid = busy[0]
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append((pid, committed))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=killer, daemon=True)
+    t.start()
+    try:
+        report = run_generate(build_config({}, [f"output_dir={out}", *overrides]))
+    finally:
+        done.set()
+        t.join(timeout=30)
+    assert kills, "no generation worker was running a shard to kill"
+    assert all(committed < total for _, committed in kills)  # killed mid-run
+    got = sorted(read_preferences(out / "prefs").to_pylist(), key=lambda r: r["pair_id"])
+    assert len({r["pair_id"] for r in got}) == len(got)  # no duplicates
+    assert got == want  # nothing lost, nothing changed
+    assert report["rows"] == len(want) and report["shards"] == total
+    runs = [json.loads(line) for line in (out / "generate_runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 1 and len(runs[0]["shards_computed"]) == total  # one run: the retries happened inside it
+    resilience("generation worker SIGKILL", workers_killed=len(kills), at_shards_committed=[c for _, c in kills],
+               shards=total, rows_checked=len(got), duplicates=0, lost=0)
+
+
+# --------------------------------------------------------------------------- serving
+
+KEY = "fault-key"
+MODEL = "fspo-fault"
+PREFS = [{"question": f"what should I cook {i}?", "chosen": "a short recipe", "rejected": "a long essay"} for i in range(3)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serve_app(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    from fspo_ray.serving.app import build_app
+    from tests.unit.test_personalize import tiny_model_dir
+
+    tmp = tmp_path_factory.mktemp("serve-faults")
+    model = str(tiny_model_dir(tmp / "model"))
+    args = {
+        "model_id": MODEL,
+        "personalize": {"num_shots": 3, "persona": {"model": model, "max_new_tokens": 6},
+                        "answer": {"model": model, "max_new_tokens": 8}},
+        "deployments": {
+            "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 100, "max_queued_requests": 100, "health_check_period_s": 1},
+            "persona": {"num_cpus": 0.25, "max_ongoing_requests": 4, "max_queued_requests": 8, "health_check_period_s": 1},
+            "answer": {"num_cpus": 0.25, "max_ongoing_requests": 4, "max_queued_requests": 8, "health_check_period_s": 1},
+            "persona_batching": {"max_batch_size": 4},
+            "answer_batching": {"max_batch_size": 4},
+        },
+        "store": {"kind": "sqlite", "path": str(tmp / "profiles.sqlite3")},
+        "auth": {"api_key": KEY},
+    }
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(args), name="fspo-faults", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.delete("fspo-faults")
+    serve.shutdown()  # the next module starts Serve with its own HTTP options
+
+
+def _replica(deployment: str) -> str:
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith(f"SERVE_REPLICA::fspo-faults#{deployment}#")]
+    assert len(names) == 1, names
+    return names[0]
+
+
+@pytest.mark.parametrize("deployment", ["AnswerDeployment", "PersonaDeployment"])
+def test_serve_replica_killed_under_load_gives_only_200_and_503_and_comes_back(serve_app, deployment):
+    import ray
+    from ray import serve
+
+    old = _replica(deployment)
+    codes: list[int | str] = []
+    stop = asyncio.Event()
+
+    async def client(ac: httpx.AsyncClient, i: int):
+        n = 0
+        while not stop.is_set():
+            n += 1
+            body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": "what is for dinner?"}],
+                    "fspo": {"user_id": f"load-{i}-{n}", "preferences": PREFS}}  # a new user: both stages run
+            try:
+                r = await ac.post("/v1/chat/completions", json=body)
+                codes.append(r.status_code)
+            except httpx.HTTPError as e:
+                codes.append(type(e).__name__)
+
+    async def run():
+        async with httpx.AsyncClient(base_url=serve_app, headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as ac:
+            tasks = [asyncio.create_task(client(ac, i)) for i in range(6)]
+            await asyncio.sleep(3.0)  # load established
+            before = len(codes)
+            ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+            t_kill = time.perf_counter()
+            back = None
+            while time.perf_counter() - t_kill < 90:
+                await asyncio.sleep(0.5)
+                try:
+                    new = _replica(deployment)
+                except AssertionError:
+                    continue
+                status = serve.status().applications["fspo-faults"].deployments[deployment].status
+                if new != old and status == "HEALTHY" and codes[-3:] == [200, 200, 200]:
+                    back = time.perf_counter() - t_kill
+                    break
+            await asyncio.sleep(2.0)  # keep the load on the new replica for a moment
+            stop.set()
+            await asyncio.gather(*tasks)
+            return before, back
+
+    before, back = asyncio.run(run())
+    other = [c for c in codes if c not in (200, 503)]
+    assert not other, f"clients saw {sorted(set(map(str, other)))} ({len(other)} of {len(codes)})"
+    assert back is not None, "the replica did not come back within 90 s"
+    assert codes.count(200) > before  # served after the kill too
+    assert _replica(deployment) != old
+    resilience(f"serve {deployment} killed under load", requests=len(codes), ok_200=codes.count(200),
+               unavailable_503=codes.count(503), other=len(other), replica_back_s=round(back, 1), lost=0)

@@ -1,0 +1,280 @@
+"""`ray job submit` end to end, as an operator runs it: a head started with `ray start --head`
+and token authentication on, then generate -> build_model -> train -> evaluate submitted with
+`--working-dir .` on the tiny world, each job's streamed logs and outputs checked. The same
+cluster refuses a submission without the token (and with a wrong one).
+
+The head is this module's own: its own --temp-dir, ports and token (RAY_AUTH_TOKEN, so
+~/.ray/auth_token is neither read nor written), stopped by signalling its `ray start --block`
+process and then killing, by pid, any process left that carries this cluster's marker in its
+environment. Never `ray stop`: it would stop every Ray cluster of the user on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).with_name("ray"))  # the venv's CLI; the cluster then runs the venv's python
+CONFIG = "jobs/configs/world.yaml"
+STAGES_YAML = (
+    "[{name: base_sft, kind: base_sft, lr: 0.003, warmup_steps: 1, optimizer: adamw},"
+    " {name: fspo, kind: preference, init_from: base_sft, lr: 0.003, warmup_steps: 1, optimizer: adamw, beta: 0.1}]"
+)
+
+pytestmark = pytest.mark.timeout(1800)
+
+
+def tiny_overrides(out: Path) -> list[str]:
+    """The tiny world shared by every stage (as tests/ray/test_train.py's known-good setup)."""
+    return [
+        f"output_dir={out}", "run_name=e2e",
+        "world.users_train=12", "world.users_held_out=3", "world.users_interpolated=3", "world.prefs_per_user=6",
+        "generate.users_per_shard=6", "generate.report.similarity_questions=0",
+        "tiny_model.vocab_size=400", "tiny_model.hidden_size=32", "tiny_model.intermediate_size=64",
+        "tiny_model.num_layers=1", "tiny_model.num_heads=2", "tiny_model.num_kv_heads=2", "tiny_model.corpus_sentences=1500",
+        "episodes.num_shots=2", "episodes.min_shots=1", "episodes.max_length=384",
+        "train.num_workers=2", "train.global_batch_size=8", "train.micro_batch_size=2", "train.checkpoint_every=4",
+        "train.ref_concurrency=1", "train.ref_cpus=0.5", "train.cpus_per_worker=1", "train.eval_users_per_split=3",
+        "train.tensorboard=false", f"train.stages={STAGES_YAML}",
+        "evaluate.only=[fspo]", "evaluate.users_per_split=2", "evaluate.questions_per_user=1", "evaluate.num_shots=2",
+        "evaluate.shots_sweep=[]", "evaluate.describe_before=null", "evaluate.describe_after=null",
+        "evaluate.inference.max_new_tokens=12",
+    ]
+
+
+# --------------------------------------------------------------------------- the cluster
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _http_status(url: str, token: str | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Processes whose environment carries this cluster's marker (ours, whatever their name)."""
+    pids = []
+    needle = f"FSPO_TEST_CLUSTER={marker}".encode()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if needle in (d / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(d.name))
+            except OSError:
+                continue
+    return pids
+
+
+@dataclass
+class Head:
+    address: str      # the dashboard / Jobs API, http://127.0.0.1:<port>
+    token: str
+    marker: str
+    proc: subprocess.Popen
+    temp_dir: str
+
+    def cli_env(self, token: str | None = "mine", mode: str | None = "token") -> dict:
+        """A CLI shell's environment: by default `export RAY_AUTH_MODE=token` plus this cluster's token."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+        env["RAY_ADDRESS"] = self.address
+        if mode is not None:
+            env["RAY_AUTH_MODE"] = mode
+        if token is not None:
+            env["RAY_AUTH_TOKEN"] = self.token if token == "mine" else token
+        return env
+
+
+def _start_head(attempt: int) -> Head:
+    temp_dir = tempfile.mkdtemp(prefix="fspo-rj-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    token, marker = secrets.token_hex(24), f"{uuid.uuid4().hex}-{attempt}"
+    gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = _free_ports(9)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in entrypoints = the venv's
+        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, FSPO_TEST_CLUSTER=marker,
+        RAY_TRAIN_ENABLE_PRINT_PATCH="0", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.1", TOKENIZERS_PARALLELISM="false",
+    )
+    log = open(Path(temp_dir) / "ray_start.log", "w")
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--temp-dir={temp_dir}", "--num-cpus=4", "--disable-usage-stats",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--port={gcs}", f"--dashboard-port={dash}",
+         f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent_http}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={env_agent}",
+         f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}"],
+        cwd=temp_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    head = Head(f"http://127.0.0.1:{dash}", token, marker, proc, temp_dir)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        # Up when `ray start` has finished starting the node and the Jobs API answers with the token.
+        if "--block" in (Path(temp_dir) / "ray_start.log").read_text() and _http_status(head.address + "/api/version", token) == 200:
+            return head
+        time.sleep(2)
+    _stop_head(head)
+    raise RuntimeError(f"ray start did not come up (attempt {attempt}): {(Path(temp_dir) / 'ray_start.log').read_text()[-2000:]}")
+
+
+def _stop_head(head: Head) -> None:
+    if head.proc.poll() is None:
+        head.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            head.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.proc.kill()
+    for _ in range(3):  # workers and drivers it left behind, by pid, ours only
+        left = _marked_pids(head.marker)
+        if not left:
+            break
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(1)
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head():
+    # On a loaded 2-core machine the raylet can time out waiting for its dashboard agent
+    # (a fixed ~15 s in Ray 2.60); a fresh start usually wins the race.
+    errors = []
+    for attempt in range(3):
+        try:
+            h = _start_head(attempt)
+            break
+        except RuntimeError as e:
+            errors.append(str(e))
+    else:
+        raise RuntimeError("\n\n".join(errors))
+    yield h
+    _stop_head(h)
+
+
+def ray_cli(head: Head, *args: str, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([RAY, *args], cwd=ROOT, env=env or head.cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def submit(head: Head, stage: str, out: Path, submission_id: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, str]:
+    """`ray job submit --working-dir . -- python -m jobs.<stage> --config world.yaml <tiny>`; follows the logs."""
+    t0 = time.perf_counter()
+    r = ray_cli(head, "job", "submit", "--address", head.address, "--working-dir", ".", "--submission-id", submission_id,
+                "--", "python", "-m", f"jobs.{stage}", "--config", CONFIG, *tiny_overrides(out), timeout=timeout)
+    print(f"[job-submit] {stage}: rc={r.returncode} in {time.perf_counter() - t0:.0f} s")
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, f"{stage} failed:\n{text[-4000:]}"
+    assert f"Job '{submission_id}' succeeded" in text
+    return r, text
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_submission_without_the_token_is_refused(head, tmp_path):
+    home = tmp_path / "home"  # no ~/.ray/auth_token to fall back on
+    home.mkdir()
+    attempts = {
+        "no token (the CLI's default)": (head.cli_env(token=None, mode=None) | {"HOME": str(home)},
+                                         "Missing authentication token"),
+        "RAY_AUTH_MODE=token but no token": (head.cli_env(token=None) | {"HOME": str(home)},
+                                             "couldn't find an authentication token"),
+        "a wrong token": (head.cli_env(token="not-" + head.token), "Invalid authentication token"),
+    }
+    for i, (name, (env, message)) in enumerate(attempts.items()):
+        r = ray_cli(head, "job", "submit", "--address", head.address, "--submission-id", f"refused-{i}",
+                    "--", "python", "-c", "print(1)", env=env, timeout=180)
+        text = r.stdout + r.stderr
+        assert r.returncode != 0, name
+        assert "AuthenticationError" in text and message in text, f"{name}:\n{text[-1500:]}"
+    # The raw Jobs API: 401 without a token, 403 with a wrong one, 200 with the cluster's.
+    assert _http_status(head.address + "/api/jobs/") == 401
+    assert _http_status(head.address + "/api/jobs/", "wrong") == 403
+    assert _http_status(head.address + "/api/jobs/", head.token) == 200
+    # Nothing was submitted by the refused attempts.
+    listed = ray_cli(head, "job", "list", "--address", head.address, timeout=180)
+    assert listed.returncode == 0, listed.stderr[-1500:]
+    assert "refused-" not in listed.stdout
+
+
+def test_generate_build_train_evaluate_by_job_submit(head, tmp_path):
+    from fspo_ray.data import read_preferences
+
+    out = tmp_path / "run"  # absolute: the jobs run in an uploaded copy of the repository
+    ids = {stage: f"{stage}-{uuid.uuid4().hex[:8]}" for stage in ("generate", "build_model", "train", "evaluate")}
+    logs: dict[str, str] = {}
+
+    _, logs["generate"] = submit(head, "generate", out, ids["generate"])
+    rows = read_preferences(out / "prefs").to_pylist()
+    n = len(rows)
+    assert f"generated {n} rows into {out}/prefs" in logs["generate"]
+    assert n > 0.9 * 18 * 6 and len({r["pair_id"] for r in rows}) == n
+    assert {r["split"] for r in rows} == {"train", "held_out", "interpolated"}
+    assert json.loads((out / "data_report.json").read_text())["rows"] == n
+    import yaml
+
+    resolved = yaml.safe_load((out / "resolved_config.generate.yaml").read_text())
+    assert resolved["output_dir"] == str(out) and resolved["world"]["users_train"] == 12
+
+    _, logs["build_model"] = submit(head, "build_model", out, ids["build_model"])
+    assert f"tiny model and tokenizer saved to {out}/models/tiny" in logs["build_model"]
+    assert (out / "models" / "tiny" / "config.json").is_file() and (out / "models" / "tiny" / "tokenizer.json").is_file()
+
+    _, logs["train"] = submit(head, "train", out, ids["train"])
+    for stage in ("base_sft", "fspo"):
+        assert f"[train] stage {stage}" in logs["train"]
+        assert (out / "models" / stage / "model.safetensors").is_file()
+        steps = [json.loads(line)["step"] for line in (out / "train" / stage / "metrics.jsonl").read_text().splitlines()]
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 5
+    acc = json.loads((out / "eval_metrics.json").read_text())["reward_accuracy"]
+    assert set(acc) == {"train", "held_out", "interpolated"} and all(0.0 <= v <= 1.0 for v in acc.values())
+
+    _, logs["evaluate"] = submit(head, "evaluate", out, ids["evaluate"])
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["win_rate"]["fspo"]) == {"train", "held_out", "interpolated"}
+    assert all(0.0 <= v <= 1.0 for v in report["win_rate"]["fspo"].values())
+    assert (out / "report.md").is_file() and f"report: {out / 'report.md'}" in logs["evaluate"]
+
+    # The cluster's own record agrees: every job SUCCEEDED, its logs are retrievable.
+    for stage, job_id in ids.items():
+        status = ray_cli(head, "job", "status", "--address", head.address, job_id, timeout=180)
+        assert "SUCCEEDED" in status.stdout + status.stderr, (stage, status.stdout[-800:])
+    train_logs = ray_cli(head, "job", "logs", "--address", head.address, ids["train"], timeout=180).stdout
+    assert "[train] stage fspo" in train_logs
+    # No raw preference text or persona description reaches a job's logs.
+    blob = "\n".join([*logs.values(), train_logs])
+    private = {r["chosen"] for r in rows} | {r["rejected"] for r in rows} | {r["user_description"] or "" for r in rows}
+    leaked = [t for t in private if len(t) > 20 and t in blob]
+    assert not leaked, leaked[:3]
