@@ -54,11 +54,10 @@ def crd_dir() -> Path:
 
 @dataclass
 class Group:
-    """A node group: GPUs and CPUs per node, most nodes, accelerator types it provides."""
+    """A node group: GPUs per node, most nodes, accelerator types it provides."""
 
     name: str
     gpus: int
-    cpus: float
     max_nodes: int
     accelerators: frozenset[str]
 
@@ -264,8 +263,7 @@ def kuberay_groups(cluster: dict) -> tuple[list[Group], list[str]]:
                             f"but the container's nvidia.com/gpu limit is {gpus}")
         nodes = max(g.get("replicas", 0), g["maxReplicas"]) if autoscaling else g.get("replicas", 0)
         accels = frozenset(k.split(":", 1)[1] for k in _ray_resources(g) if k.startswith("accelerator_type:"))
-        cpus = float(start.get("num-cpus", str(limits.get("cpu", 0))))
-        groups.append(Group(g["groupName"], gpus, cpus, nodes, accels))
+        groups.append(Group(g["groupName"], gpus, nodes, accels))
     return groups, problems
 
 
@@ -285,11 +283,18 @@ def check_shared_output(cluster: dict, output_dir: str, where: str) -> list[str]
         return [f"{where}: output_dir {output_dir} is a URI; fspo-ray writes through a file system "
                 "path: mount the shared storage (EFS, FSx, Filestore, NFS) on every node and name the mount"]
     out = []
-    for group, c, _ in _all_containers(cluster):
-        mounts = [m["mountPath"].rstrip("/") for m in c.get("volumeMounts", [])]
-        if not any(output_dir == m or output_dir.startswith(m + "/") for m in mounts):
+    for group, c, pod in _all_containers(cluster):
+        mounts = {m["mountPath"].rstrip("/"): m["name"] for m in c.get("volumeMounts", [])}
+        hits = [name for m, name in mounts.items() if output_dir == m or output_dir.startswith(m + "/")]
+        if not hits:
             out.append(f"{where}: output_dir {output_dir} is not on a volume mounted by group {group} "
-                       f"(mounts: {mounts or 'none'}); every node must see the same run directory")
+                       f"(mounts: {list(mounts) or 'none'}); every node must see the same run directory")
+            continue
+        volume = next((v for v in pod.get("volumes", []) if v["name"] == hits[-1]), {})
+        local = [k for k in ("emptyDir", "hostPath") if k in volume]
+        if local:
+            out.append(f"{where}: output_dir {output_dir} is on volume {hits[-1]} of group {group}, a {local[0]}: "
+                       "node-local, not shared; use a ReadWriteMany persistentVolumeClaim")
     return out
 
 
@@ -456,7 +461,7 @@ def check_launcher(path: Path, doc: dict) -> list[str]:
             problems.append(f"available_node_types.{name}: min_workers {t['min_workers']} > max_workers {t['max_workers']}")
         if name != head:
             accels = frozenset(k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:"))
-            groups.append(Group(name, res.get("GPU", 0), res.get("CPU", 0), t.get("max_workers", 0), accels))
+            groups.append(Group(name, res.get("GPU", 0), t.get("max_workers", 0), accels))
     if not any(g.gpus for g in groups):
         problems.append("available_node_types: no GPU worker node type")
     # Token authentication: every `ray start` in token mode, the token on every node.

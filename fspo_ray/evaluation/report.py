@@ -27,8 +27,8 @@ PLOTS = {"win_rate_by_method": "plots/win_rate_by_method.png", "win_rate_vs_shot
 
 def build_report(*, ev, methods: list[str], results: dict[Cell, WinRate], skipped: dict[str, str],
                  users: dict[str, int], judge: dict, description_quality: dict | None = None,
-                 world_score: dict | None = None, generation: dict | None = None,
-                 seconds: float | None = None) -> dict:
+                 world_score: dict | None = None, goals: list[dict] | None = None,
+                 generation: dict | None = None, seconds: float | None = None) -> dict:
     """Everything the job measured, keyed win_rate[method][split], win_rate_by_shots[method][N]."""
     main = {c: r for c, r in results.items() if c.n == ev.num_shots and c.split in ev.splits}
     report: dict = {
@@ -45,6 +45,7 @@ def build_report(*, ev, methods: list[str], results: dict[Cell, WinRate], skippe
         "judge": judge,
         "statistics": STATISTICS,
         "description_quality": description_quality,
+        "goals": goals,
         "world_score": world_score,
         "generation": generation,
         "plots": dict(PLOTS) if ev.shots_sweep else {"win_rate_by_method": PLOTS["win_rate_by_method"]},
@@ -159,6 +160,10 @@ def render_markdown(r: dict) -> str:
             row = [f"{r['world_score'][m][s]:.2f}" if s in r["world_score"].get(m, {}) else "n/a" for s in r["splits"]]
             lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines += description_lines(r.get("description_quality"), r["splits"])
+    if r.get("goals"):
+        from fspo_ray.evaluation.goals import goals_markdown
+
+        lines += goals_markdown(r["goals"])
     if r["skipped"]:
         lines += ["", "## Skipped methods", ""] + [f"- `{m}`: {why}" for m, why in r["skipped"].items()]
     gen = r.get("generation") or {}

@@ -65,6 +65,11 @@ def check_inputs(cfg: RunConfig) -> EvalPlan:
                 raise EvaluationError(f"method {name!r} (true_description) needs user_description; "
                                       f"{len(lacking)} users lack it, e.g. {lacking[0]}")
     judge_kind = _judge_kind(cfg, users)
+    if judge_kind == "llm":
+        lacking = [u.user_id for us in users.values() for u in us if not u.description]
+        if lacking:
+            raise EvaluationError(f"the LLM judge is conditioned on the user's true description; {len(lacking)} "
+                                  f"users lack user_description, e.g. {lacking[0]}")
     embedder_problem = None
     if methods.describers:
         from fspo_ray.generation.checks import embedder_path
@@ -102,6 +107,7 @@ def _judge_kind(cfg: RunConfig, users: dict[str, list[EvalUser]]) -> str:
 def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     """Run the evaluation and write <output_dir>/report.json, report.md and plots/."""
     from fspo_ray.evaluation import inference
+    from fspo_ray.evaluation.goals import evaluate_goals
     from fspo_ray.evaluation.report import build_report, write_report
     from fspo_ray.evaluation.stats import win_rate
 
@@ -166,6 +172,10 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     for c, v in zip(comparisons, votes, strict=True):
         by_cell[c.cell].append(v)
     results = {cell: win_rate(v) for cell, v in by_cell.items()}
+    goal_split = "held_out" if "held_out" in ev.splits else ev.splits[0]
+    goals = evaluate_goals({cell: [sum(p) / len(p) for p in v] for cell, v in by_cell.items()},
+                           split=goal_split, num_shots=ev.num_shots, shots=list(ev.shots_sweep),
+                           sweep_split=ev.sweep_split, methods=list(methods))
     phases["judge"] = time.perf_counter() - t0 - sum(phases.values())
 
     # 5. report
@@ -176,7 +186,7 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     report = build_report(
         ev=ev, methods=list(methods), results=results, skipped=mp.skipped,
         users={s: len(us) for s, us in users.items()}, judge=judge,
-        description_quality=description_quality, world_score=world_score,
+        description_quality=description_quality, world_score=world_score, goals=goals,
         generation={"requests": len(outputs), "errors": sum(bool(o["error"]) for o in outputs),
                     "truncated": sum(o["finish_reason"] == "length" for o in outputs),
                     "seconds": {k: round(v, 1) for k, v in phases.items()}},

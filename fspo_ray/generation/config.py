@@ -84,6 +84,14 @@ class LLMModelConfig(_Section):
         return self.name or self.model.rstrip("/").split("/")[-1]
 
 
+class JudgeModelConfig(LLMModelConfig):
+    """The judge: greedy, short answers by default (so `judge.x=...` overrides keep these)."""
+
+    name: str | None = Field("tiny-judge", description="Short name stored as provenance.")
+    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature (0 = greedy verdicts).")
+    max_new_tokens: int = Field(8, ge=1, description="Longest verdict (refinement sentences: llm.refine_max_new_tokens).")
+
+
 class LLMProviderConfig(_Section):
     """Inputs and models of the LLM provider (generate.provider = 'llm')."""
 
@@ -91,9 +99,8 @@ class LLMProviderConfig(_Section):
         default_factory=lambda: [LLMModelConfig(name="tiny-a"), LLMModelConfig(name="tiny-b", temperature=1.0)],
         description="The generator ensemble; responses to the views of a question take turns over it.",
     )
-    judge: LLMModelConfig = Field(
-        default_factory=lambda: LLMModelConfig(name="tiny-judge", temperature=0.0, max_new_tokens=8),
-        description="The pairwise judge (also writes refinement sentences).",
+    judge: JudgeModelConfig = Field(
+        default_factory=JudgeModelConfig, description="The pairwise judge (also writes refinement sentences)."
     )
     persona_file: str | None = Field(
         None,

@@ -295,7 +295,7 @@ def _count(rows: list[dict], name: str) -> dict[str, int]:
 def world_shard_task(cfg_json: str):
     """The fused world path: every stage of each shard in this task, then its commit."""
 
-    def run(table: pa.Table) -> pa.Table:
+    def generate_shard(table: pa.Table) -> pa.Table:
         provider = provider_for(cfg_json)
         refiner = provider.open_refiner()
         out = []
@@ -307,7 +307,7 @@ def world_shard_task(cfg_json: str):
             out.append(_commit(provider, shard, result, time.perf_counter() - t0))
         return pa.concat_tables(out) if out else SUMMARY_SCHEMA.empty_table()
 
-    return run
+    return generate_shard
 
 
 # --- the driver ------------------------------------------------------------------------
@@ -316,11 +316,10 @@ def world_shard_task(cfg_json: str):
 class Progress:
     """One log line per committed shard: rows, rows/s and ETA of this run."""
 
-    def __init__(self, total_shards: int, done_shards: int, done_rows: int, target_rows: int):
+    def __init__(self, total_shards: int, done_shards: int, done_rows: int):
         self.total = total_shards
         self.done = done_shards
         self.rows = done_rows
-        self.target_rows = target_rows
         self.run_shards = 0
         self.run_rows = 0
         self.t0 = time.perf_counter()
@@ -375,8 +374,7 @@ def run_generate(cfg) -> dict:
         provider.kind, g.strategy, len(shards), g.users_per_shard, len(committed), len(pending),
         provider.n_slots, provider.target, out_dir / "prefs",
     )
-    progress = Progress(len(shards), len(committed), sum(m["rows"] for m in committed.values()),
-                        sum(s.count for s in shards) * provider.target)
+    progress = Progress(len(shards), len(committed), sum(m["rows"] for m in committed.values()))
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The diversity ablation does not depend on the rows: run it alongside.

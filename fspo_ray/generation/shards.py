@@ -44,9 +44,21 @@ def fingerprint(cfg) -> str:
         "views_per_question": g.views_per_question,
         "oversample": g.oversample,
         "users_per_shard": g.users_per_shard,
-        "llm": g.llm.model_dump(mode="json") if g.provider == "llm" else None,
+        "llm": _llm_fingerprint(g.llm) if g.provider == "llm" else None,
     }
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Where a model runs, not what it writes: changing these keeps the committed shards.
+_RESOURCE_FIELDS = ("concurrency", "num_cpus", "num_gpus", "accelerator_type", "gpu_memory_utilization")
+
+
+def _llm_fingerprint(llm) -> dict:
+    d = llm.model_dump(mode="json")
+    for m in [*d["generators"], d["judge"]]:
+        for k in _RESOURCE_FIELDS:
+            m.pop(k, None)
+    return d
 
 
 class ShardStore:

@@ -186,6 +186,17 @@ def test_job_manifests_name_existing_modules_and_configs_and_share_one_run_direc
     assert output_dirs == {RUN_DIR}  # train reads the prefs generate wrote; evaluate reads train's models
 
 
+def test_every_pod_mounts_the_shared_claim():
+    pvc = load(REPO / "cluster" / "kuberay" / "shared-storage.yaml")
+    assert pvc["kind"] == "PersistentVolumeClaim" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    for path in KUBERAY:
+        c = cluster_spec(load(path))
+        for pod in [c["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in c["workerGroupSpecs"]]:
+            claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+            assert claims == {pvc["metadata"]["name"]}, path.name
+            assert {"name": "shared", "mountPath": "/mnt/shared"} in pod["containers"][0]["volumeMounts"], path.name
+
+
 def test_every_job_config_in_the_repo_validates():
     from fspo_ray.config import load_config
 
@@ -264,16 +275,16 @@ def test_gpu_pools_of_the_shipped_configs_fit_their_node_groups():
     assert [(p.where, p.gpus, p.replicas) for p in check.gpu_pools("train", train)] == [
         ("train.num_workers", 1, 8), ("train.ref_concurrency", 1, 8)]
     h100 = frozenset({"H100"})
-    node = check.Group("gpu", gpus=8, cpus=192, max_nodes=2, accelerators=h100)
+    node = check.Group("gpu", gpus=8, max_nodes=2, accelerators=h100)
     assert check.check_fit(check.gpu_pools("generate", gen), [node]) == []
-    assert check.check_fit(check.gpu_pools("train", train), [check.Group("t", 8, 192, 1, h100)]) == []
+    assert check.check_fit(check.gpu_pools("train", train), [check.Group("t", 8, 1, h100)]) == []
     assert check.check_fit(check.gpu_pools("evaluate", train), [node]) == []
 
 
 def test_check_fit_names_each_impossible_shape():
     pools = [check.Pool("tp", gpus=3, replicas=1), check.Pool("big", gpus=16, replicas=1),
              check.Pool("ranks", gpus=1, replicas=12, workers=True), check.Pool("a100", 1, 1, accelerator="A100")]
-    problems = check.check_fit(pools, [check.Group("g", gpus=8, cpus=96, max_nodes=2, accelerators=frozenset({"H100"}))])
+    problems = check.check_fit(pools, [check.Group("g", gpus=8, max_nodes=2, accelerators=frozenset({"H100"}))])
     assert problems == [
         "tp: 3 GPUs per replica do not divide the 8 GPUs of a g node (2 would sit idle)",
         "big: 16 GPUs per replica (tensor_parallel_size) must fit on one node, but the largest GPU group (g) has 8 GPUs per node",
@@ -351,6 +362,11 @@ BROKEN = {
     "output_dir as an object-store URI": (
         _mutate_job("rayjob-generate.yaml", lambda d: _set_entrypoint(d, extra=["output_dir=s3://bucket/runs/x"])),
         r"spec\.entrypoint: output_dir s3://bucket/runs/x is a URI; fspo-ray writes through a file system path"),
+    "output_dir on a node-local volume": (
+        _mutate_job("rayjob-train.yaml", lambda d: [
+            g["template"]["spec"]["volumes"].__setitem__(0, {"name": "shared", "emptyDir": {}})
+            for g in cluster_spec(d)["workerGroupSpecs"]]),
+        r"output_dir /mnt/shared/fspo/runs/llama3b is on volume shared of group gpu-train, a emptyDir: node-local"),
     "job cluster kept": (
         _mutate_job("rayjob-generate.yaml", lambda d: d["spec"].update(shutdownAfterJobFinishes=False)),
         r"spec\.shutdownAfterJobFinishes: must be true"),

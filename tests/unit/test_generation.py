@@ -290,6 +290,9 @@ def test_fingerprint_ignores_user_counts_and_resources():
     assert fingerprint(_cfg("world.users_train=100", "generate.tasks.concurrency=2", "generate.fused=false")) == base
     assert fingerprint(_cfg("generate.oversample=3")) != base
     assert fingerprint(_cfg("world.judge_noise=0.2")) != base
+    llm = fingerprint(_cfg("generate.provider=llm"))
+    assert fingerprint(_cfg("generate.provider=llm", "generate.llm.judge.concurrency=4")) == llm
+    assert fingerprint(_cfg("generate.provider=llm", "generate.llm.judge.temperature=0.5")) != llm
 
 
 # --- report ------------------------------------------------------------------------------
