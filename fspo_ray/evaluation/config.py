@@ -70,8 +70,13 @@ class InferenceConfig(_Section):
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="'hf': transformers in Ray Data actors (CPU or GPU); 'vllm': ray.data.llm (GPU, gpu extra)."
     )
+    pool: Literal["per_model", "shared"] = Field(
+        "per_model",
+        description="'per_model': an actor pool per model (each model on its own devices); 'shared' (hf "
+        "only): one pool whose actors hold every model, for small models on few CPUs (fewer processes).",
+    )
     batch_size: int = Field(16, ge=1, description="Prompts per batch sent to one engine.")
-    concurrency: int = Field(1, ge=1, description="Actors (engine replicas) per model.")
+    concurrency: int = Field(1, ge=1, description="Actors (engine replicas) per pool.")
     num_cpus: float = Field(
         0.25, gt=0.0, description="CPUs each hf actor asks for; fractions let one pool per model share a small box."
     )
@@ -87,6 +92,13 @@ class InferenceConfig(_Section):
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm only: GPU memory share.")
     max_model_len: int | None = Field(None, ge=64, description="vllm only: context length (unset: the model's).")
     accelerator_type: str | None = Field(None, description="vllm only: Ray accelerator type, e.g. 'H100'.")
+
+
+    @model_validator(mode="after")
+    def _check(self) -> InferenceConfig:
+        if self.pool == "shared" and self.engine != "hf":
+            raise ValueError("pool 'shared' applies to engine 'hf' only (vllm runs a processor per model)")
+        return self
 
 
 class JudgeConfig(_Section):

@@ -4,7 +4,9 @@ Prompts come from the two-stage Personalizer (fspo_ray.personalize), the same co
 serving uses: `describe_prompt(shots)` and `answer_prompt(shots, description, question)`,
 built on the renderers of fspo_ray.episodes. Decoding is greedy.
 
-- hf: a pool of `AnswerActor`s per model, each holding an HFEngine (CPU or GPU).
+- hf: a pool of `AnswerActor`s per model, each holding an HFEngine (CPU or GPU); or, with
+  `inference.pool: shared`, one pool whose actors hold every model (fewer processes to start
+  when the models are small and the CPUs few).
 - vllm: a pool of `PromptActor`s (tokenizer only) builds the prompts, then a ray.data.llm
   vLLM processor generates; ray.data.llm is imported only here, only when configured.
 """
@@ -52,42 +54,52 @@ def build_prompt(personalizer, row: dict) -> tuple[str, int, int]:
 
 
 class AnswerActor:
-    """A Ray Data actor holding one model (HFEngine): fills `text` for describe and answer rows."""
+    """A Ray Data actor holding models (HFEngine each, loaded on first use): fills `text` for the
+    describe and answer rows of a batch, grouped by the row's `model`."""
 
-    def __init__(self, model_path: str, inference: dict, max_shots: int):
-        from fspo_ray.engines import HFEngine
-        from fspo_ray.personalize import Personalizer
+    def __init__(self, models: dict[str, str], inference: dict, max_shots: int):
+        self.models, self.max_shots = models, max_shots
+        self.cfg = InferenceConfig(**inference)
+        self._loaded: dict[str, tuple] = {}
+        if len(models) == 1:  # a pool per model: load at actor start
+            self._personalizer(next(iter(models)))
 
-        inf = InferenceConfig(**inference)
-        engine = HFEngine(model_path, dtype=inf.dtype, batch_size=inf.batch_size)
-        self.pcfg = personalize_config(model_path, inf, max_shots)
-        self.personalizer = Personalizer(engine, engine, self.pcfg)
+    def _personalizer(self, ref: str):
+        if ref not in self._loaded:
+            from fspo_ray.engines import HFEngine
+            from fspo_ray.personalize import Personalizer
+
+            path = self.models[ref]
+            engine = HFEngine(path, dtype=self.cfg.dtype, batch_size=self.cfg.batch_size)
+            pcfg = personalize_config(path, self.cfg, self.max_shots)
+            self._loaded[ref] = (Personalizer(engine, engine, pcfg), pcfg)
+        return self._loaded[ref]
 
     def __call__(self, batch: dict) -> dict:
         from fspo_ray.errors import FspoError
 
         rows = _rows(batch)
-        out = {c: [] for c in OUTPUT_COLUMNS}
         results: dict[int, tuple] = {}
-        for kind, stage, sampling in (("describe", "persona", self.pcfg.persona.sampling()),
-                                      ("answer", "answer", self.pcfg.answer.sampling())):
-            idx, prompts = [], []
-            for i, row in enumerate(rows):
-                if row["kind"] != kind:
-                    continue
-                try:
-                    prompts.append(build_prompt(self.personalizer, row))
-                    idx.append(i)
-                except FspoError as e:  # e.g. a question longer than the context: counted, not fatal
-                    results[i] = ("", 0, 0, "error", str(e))
-            if prompts:
-                gens = self.personalizer.generate_from_prompts(stage, prompts, sampling)
-                for i, g in zip(idx, gens, strict=True):
-                    results[i] = (g.text, g.shots_used, g.prompt_tokens, g.finish_reason, "")
+        for ref in dict.fromkeys(r["model"] for r in rows):
+            personalizer, pcfg = self._personalizer(ref)
+            for kind, stage, sampling in (("describe", "persona", pcfg.persona.sampling()),
+                                          ("answer", "answer", pcfg.answer.sampling())):
+                idx, prompts = [], []
+                for i, row in enumerate(rows):
+                    if row["model"] != ref or row["kind"] != kind:
+                        continue
+                    try:
+                        prompts.append(build_prompt(personalizer, row))
+                        idx.append(i)
+                    except FspoError as e:  # e.g. a question longer than the context: counted, not fatal
+                        results[i] = ("", 0, 0, "error", str(e))
+                if prompts:
+                    gens = personalizer.generate_from_prompts(stage, prompts, sampling)
+                    for i, g in zip(idx, gens, strict=True):
+                        results[i] = (g.text, g.shots_used, g.prompt_tokens, g.finish_reason, "")
+        out = {c: [] for c in OUTPUT_COLUMNS}
         for i, row in enumerate(rows):
-            text, shots_used, prompt_tokens, finish, error = results[i]
-            for c, v in zip(OUTPUT_COLUMNS, (row["request_id"], text, shots_used, prompt_tokens, finish, error),
-                            strict=True):
+            for c, v in zip(OUTPUT_COLUMNS, (row["request_id"], *results[i]), strict=True):
                 out[c].append(v)
         return out
 
@@ -195,34 +207,43 @@ def vllm_branch(ds, model_path: str, inf: InferenceConfig, max_shots: int):
 # --------------------------------------------------------------------------- driver
 
 
+def _hf_branch(requests: list[dict], models: dict[str, str], inf: InferenceConfig, max_shots: int):
+    import ray.data
+
+    reqs = sorted(requests, key=lambda r: (r["model"], len(r["shots_json"]), r["request_id"]))
+    return ray.data.from_items(reqs).map_batches(
+        AnswerActor,
+        fn_constructor_kwargs={"models": models, "inference": inf.model_dump(), "max_shots": max_shots},
+        compute=ray.data.ActorPoolStrategy(size=inf.concurrency),
+        batch_size=inf.batch_size,
+        num_cpus=inf.num_cpus,
+        num_gpus=inf.num_gpus or None,
+    )
+
+
 def generate(requests: list[dict], models: dict[str, str], inf: InferenceConfig, max_shots: int) -> dict[str, dict]:
-    """Run every request on its model's pool, all pools in one Ray Data execution.
+    """Run every request on its model, in one Ray Data execution: a pool per model (its branches
+    joined by `union`), or one pool whose actors hold every model (`inference.pool: shared`).
 
     `models` maps a request's `model` ref to its directory. Returns request_id -> output row.
     """
-    import ray.data
-
-    branches = []
-    for ref, path in models.items():
-        reqs = sorted((r for r in requests if r["model"] == ref), key=lambda r: (len(r["shots_json"]), r["request_id"]))
-        if not reqs:
-            continue
-        ds = ray.data.from_items(reqs)
-        if inf.engine == "hf":
-            ds = ds.map_batches(
-                AnswerActor,
-                fn_constructor_kwargs={"model_path": path, "inference": inf.model_dump(), "max_shots": max_shots},
-                compute=ray.data.ActorPoolStrategy(size=inf.concurrency),
-                batch_size=inf.batch_size,
-                num_cpus=inf.num_cpus,
-                num_gpus=inf.num_gpus or None,
-            )
-        else:
-            ds = vllm_branch(ds, path, inf, max_shots)
-        branches.append(ds)
-    if not branches:
+    used = {r["model"] for r in requests}
+    models = {ref: path for ref, path in models.items() if ref in used}
+    if not models:
         return {}
-    ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
+    if inf.pool == "shared":
+        ds = _hf_branch(requests, models, inf, max_shots)
+    else:
+        import ray.data
+
+        branches = []
+        for ref, path in models.items():
+            mine = [r for r in requests if r["model"] == ref]
+            if inf.engine == "hf":
+                branches.append(_hf_branch(mine, {ref: path}, inf, max_shots))
+            else:
+                branches.append(vllm_branch(ray.data.from_items(mine), path, inf, max_shots))
+        ds = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
     out: dict[str, dict] = {}
     for row in ds.iter_rows():
         row = dict(row)

@@ -80,10 +80,13 @@ class DeploymentOptions(Section):
 
 
 class BatchingOptions(Section):
-    """Ray Serve dynamic batching of non-streamed generations (@serve.batch)."""
+    """Dynamic batching of non-streamed generations (serving.batching.Batcher)."""
 
     max_batch_size: int = Field(8, ge=1, description="Requests generated together in one engine call.")
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="How long a partial batch waits for more.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0.0, description="How long a partial batch waits for more (requests that queued while the "
+        "previous batch ran join it without waiting)."
+    )
 
 
 class DeploymentsConfig(Section):

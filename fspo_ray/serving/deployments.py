@@ -1,7 +1,8 @@
 """The two model stages as Serve deployments: thin shells around fspo_ray.personalize.
 
-Non-streamed calls are batched with @serve.batch (one engine call per batch); engine work runs
-in a thread pool so the replica's event loop keeps answering health checks and cancellations.
+Non-streamed calls are batched (serving.batching.Batcher: one engine call per batch, formed when
+the engine becomes free); engine work runs in a thread pool so the replica's event loop keeps
+answering health checks and cancellations.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ray import serve
 from fspo_ray.engines import Sampling
 from fspo_ray.episodes import Preference
 from fspo_ray.personalize import Generation, Personalizer, PromptTooLongError
+from fspo_ray.serving.batching import Batcher
 from fspo_ray.serving.config import ServeConfig
 from fspo_ray.serving.metrics import ServeMetrics
 
@@ -57,7 +59,6 @@ class _Stage:
         self.pool = ThreadPoolExecutor(max_workers=max_ongoing + 2, thread_name_prefix=f"fspo-{stage}")
         self.metrics = ServeMetrics()
         self.health = EngineHealth()
-        self.batch_sizes: Counter = Counter()
 
     async def run(self, fn, *args):
         try:
@@ -72,7 +73,6 @@ class _Stage:
 
     async def generate_batch(self, prompts: list, sampling_of: list[Sampling]) -> list:
         """prompts[i] is (prompt, n_prompt, kept) or a PromptTooLongError; one engine call per distinct sampling."""
-        self.batch_sizes[len(prompts)] += 1
         results: list = [p if isinstance(p, Exception) else None for p in prompts]
         groups: dict[Sampling, list[int]] = {}
         for i, p in enumerate(prompts):
@@ -107,10 +107,8 @@ class PersonaDeployment:
         self._s = _Stage(cfg, "persona", cfg.deployments.persona.max_ongoing_requests)
         self._sampling = cfg.personalize.persona.sampling()
         b = cfg.deployments.persona_batching
-        self._describe_batch.set_max_batch_size(b.max_batch_size)
-        self._describe_batch.set_batch_wait_timeout_s(b.batch_wait_timeout_s)
+        self._batcher = Batcher(self._describe_batch, b.max_batch_size, b.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _describe_batch(self, shots_list: list[Sequence[Preference]]) -> list:
         p = self._s.personalizer
         prompts = [_prepare(p.describe_prompt, shots, self._sampling.max_new_tokens) for shots in shots_list]
@@ -118,13 +116,13 @@ class PersonaDeployment:
 
     async def describe(self, shots: Sequence[Preference]) -> dict:
         """-> {text, tokens, prompt_tokens, finish_reason, shots_used}"""
-        return _unwrap(await self._describe_batch(tuple(shots)))
+        return _unwrap(await self._batcher.submit(tuple(shots)))
 
     def check_health(self) -> None:
         self._s.health.check()
 
     def stats(self) -> dict:
-        return {"batch_sizes": dict(self._s.batch_sizes), "metrics": self._s.metrics.snapshot()}
+        return {"batch_sizes": dict(self._batcher.sizes), "metrics": self._s.metrics.snapshot()}
 
 
 @serve.deployment(name="AnswerDeployment")
@@ -134,11 +132,9 @@ class AnswerDeployment:
     def __init__(self, cfg: ServeConfig):
         self._s = _Stage(cfg, "answer", cfg.deployments.answer.max_ongoing_requests)
         b = cfg.deployments.answer_batching
-        self._answer_batch.set_max_batch_size(b.max_batch_size)
-        self._answer_batch.set_batch_wait_timeout_s(b.batch_wait_timeout_s)
+        self._batcher = Batcher(self._answer_batch, b.max_batch_size, b.batch_wait_timeout_s)
         self.streams: Counter = Counter()
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _answer_batch(self, items: list[tuple]) -> list:
         p = self._s.personalizer
         prompts = [_prepare(p.answer_prompt, shots, desc, q, s.max_new_tokens) for shots, desc, q, s in items]
@@ -147,7 +143,7 @@ class AnswerDeployment:
     async def answer(self, shots: Sequence[Preference], description: str | None, question: str,
                      sampling: Sampling) -> dict:
         """-> {text, tokens, prompt_tokens, finish_reason, shots_used}"""
-        return _unwrap(await self._answer_batch((tuple(shots), description, question, sampling)))
+        return _unwrap(await self._batcher.submit((tuple(shots), description, question, sampling)))
 
     async def stream(self, shots: Sequence[Preference], description: str | None, question: str, sampling: Sampling):
         """Yields {"text": piece}... then {"done": True, tokens, prompt_tokens, finish_reason}.
@@ -186,5 +182,5 @@ class AnswerDeployment:
         self._s.health.check()
 
     def stats(self) -> dict:
-        return {"batch_sizes": dict(self._s.batch_sizes), "streams": dict(self.streams),
+        return {"batch_sizes": dict(self._batcher.sizes), "streams": dict(self.streams),
                 "metrics": self._s.metrics.snapshot()}
