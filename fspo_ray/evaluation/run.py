@@ -13,6 +13,7 @@ import logging
 import statistics
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,10 +150,16 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
                     r = answer_request(name, mc, u, qi, c.n, d)
                     answers[r["request_id"]] = r
     logger.info("evaluate: %d answer requests over %d cells", len(answers), len(todo))
-    answered = inference.generate(list(answers.values()), mp.models, ev.inference, ev.max_shots)
-    phases["answer"] = time.perf_counter() - t0 - sum(phases.values())
+    # The description-quality embeddings need only phase 1's output: they run (on their own Ray
+    # Data actor) in a thread while the answers are generated.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        quality = pool.submit(_timed, _description_quality, cfg, plan, described)
+        answered = inference.generate(list(answers.values()), mp.models, ev.inference, ev.max_shots)
+        phases["answer"] = time.perf_counter() - t0 - sum(phases.values())
+        description_quality, phases["description_quality (during answer)"] = quality.result()
 
     # 4. judge
+    t_judge = time.perf_counter()
     comparisons, judge = _comparisons(cfg, plan, todo, answered), {"kind": plan.judge_kind}
     if plan.judge_kind == "world":
         from fspo_ray.evaluation.judging import world_votes
@@ -176,12 +183,10 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     goals = evaluate_goals({cell: [sum(p) / len(p) for p in v] for cell, v in by_cell.items()},
                            split=goal_split, num_shots=ev.num_shots, shots=list(ev.shots_sweep),
                            sweep_split=ev.sweep_split, methods=list(methods))
-    phases["judge"] = time.perf_counter() - t0 - sum(phases.values())
+    phases["judge"] = time.perf_counter() - t_judge
 
     # 5. report
     world_score = _world_scores(cfg, plan, answered) if plan.judge_kind == "world" else None
-    description_quality = _description_quality(cfg, plan, described)
-    phases["description_quality"] = time.perf_counter() - t0 - sum(phases.values())
     outputs = list(described.values()) + list(answered.values())
     report = build_report(
         ev=ev, methods=list(methods), results=results, skipped=mp.skipped,
@@ -195,6 +200,11 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     paths = write_report(cfg.output_dir, report)
     logger.info("evaluate: wrote %s", ", ".join(str(p) for p in paths.values()))
     return report
+
+
+def _timed(fn, *args):
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
 
 
 def _comparisons(cfg: RunConfig, plan: EvalPlan, todo, answered: dict[str, dict]):

@@ -108,7 +108,8 @@ def test_missing_method_is_skipped_with_its_reason(ray_cluster, base_run, tmp_pa
 
     out = _run_dir(base_run, tmp_path, skip=("fspo_rat",))
     cfg = _cfg(out, "evaluate.only=[fspo,fspo_rat,oracle]", "evaluate.shots_sweep=[]",
-               "evaluate.describe_before=null", "evaluate.describe_after=null", "evaluate.splits=[held_out]")
+               "evaluate.describe_before=null", "evaluate.describe_after=null", "evaluate.splits=[held_out]",
+               "evaluate.inference.pool=shared", "evaluate.inference.concurrency=2")  # one pool, both models
     r = evaluate(cfg)
     reason = f"model stage 'fspo_rat': {out}/models/fspo_rat does not exist"
     assert r["skipped"] == {"fspo_rat": reason, "oracle": reason}
@@ -160,3 +161,43 @@ def test_split_with_no_users_is_a_clear_error(base_run, tmp_path, capsys, no_ray
     err = capsys.readouterr().err
     assert f"split 'interpolated' has no users in {out}/prefs: drop it from evaluate.splits" in err
     assert "world.users_interpolated > 0" in err
+
+
+def test_human_eval_kit_end_to_end(ray_cluster, base_run, tmp_path, capsys):
+    """Template -> a participant's marks -> blind comparisons generated on Ray -> marks -> scores."""
+    import csv
+
+    from jobs import human_eval_export, human_eval_score
+
+    out = _run_dir(base_run, tmp_path)
+    kit = tmp_path / "kit"
+    common = [f"output_dir={out}", "evaluate.human.methods=[fspo]", "evaluate.human.template_pairs=3",
+              "evaluate.human.questions_per_participant=2", "evaluate.inference.pool=shared",
+              "evaluate.inference.max_new_tokens=8"]
+    assert human_eval_export.main(["template", "--config", str(CONFIG), "--participants", "2", "--out", str(kit),
+                                   *common]) == 0
+    rows = list(csv.DictReader((kit / "preferences_template.csv").open()))
+    assert len(rows) == 6
+    for r in rows:
+        r["preferred"] = "A"
+    with (kit / "filled.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert human_eval_export.main(["comparisons", "--config", str(CONFIG), "--preferences", str(kit / "filled.csv"),
+                                   "--out", str(kit), *common]) == 0
+    items = list(csv.DictReader((kit / "comparisons.csv").open()))
+    key = {json.loads(line)["item_id"]: json.loads(line) for line in (kit / "key.jsonl").read_text().splitlines()}
+    assert len(items) == 2 * 2 and set(key) == {it["item_id"] for it in items}
+    assert all(it["response_1"] and it["response_2"] for it in items)
+    for it in items:  # this participant always prefers the fspo answer
+        it["preferred"] = str(key[it["item_id"]]["method_position"])
+    with (kit / "answers.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(items[0]))
+        w.writeheader()
+        w.writerows(items)
+    capsys.readouterr()
+    assert human_eval_score.main(["--answers", str(kit / "answers.csv"), "--key", str(kit / "key.jsonl")]) == 0
+    scores = json.loads((kit / "human_eval_scores.json").read_text())
+    assert scores["methods"]["fspo"]["win_rate"] == 1.0 and scores["methods"]["fspo"]["p_value"] == 1 / 16
+    assert "| fspo | 100.0 |" in capsys.readouterr().out

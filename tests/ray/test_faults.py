@@ -92,23 +92,29 @@ def test_training_worker_sigkilled_at_a_random_step_resumes_exactly(ray_cluster,
 # --------------------------------------------------------------------------- generation
 
 
-def _cluster_worker_pids() -> set[int]:
-    from ray.util.state import list_workers
+def _raylet_pid() -> int:
+    """The raylet of the cluster this session started (its workers are the raylet's children)."""
+    import ray
+    from ray._private import ray_constants
 
-    return {w.pid for w in list_workers(filters=[("worker_type", "=", "WORKER"), ("is_alive", "=", "True")],
-                                        limit=10_000, raise_on_missing_output=False)}
+    node = ray._private.worker._global_node
+    return node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
 
 
-def _busy_generation_workers() -> list[int]:
+def _busy_generation_workers(raylet: int) -> list[int]:
     """This cluster's worker processes that are running a generation map task right now."""
     pids = []
-    for pid in _cluster_worker_pids():
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
         try:
-            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) != raylet:
+                continue
+            title = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
             continue
         if title.startswith("ray::") and "MapBatches" in title:
-            pids.append(pid)
+            pids.append(int(d.name))
     return pids
 
 
@@ -121,28 +127,30 @@ def test_generation_worker_sigkilled_mid_run_gives_exactly_the_uninterrupted_row
     from fspo_ray.data import read_preferences
     from fspo_ray.generation.pipeline import run_generate
 
-    overrides = ["world.users_train=40", "world.users_held_out=8", "world.users_interpolated=8", "world.prefs_per_user=12",
-                 "generate.users_per_shard=2", "generate.tasks.concurrency=2", "generate.report.similarity_questions=0"]
-    total = (40 + 8 + 8) // 2
+    # Shards of 8 users, two tasks at a time: each task lives long enough to be caught running.
+    overrides = ["world.users_train=48", "world.users_held_out=16", "world.users_interpolated=16", "world.prefs_per_user=12",
+                 "generate.users_per_shard=8", "generate.tasks.concurrency=2", "generate.report.similarity_questions=0"]
+    total = (48 + 16 + 16) // 8
     ref = tmp_path / "ref"
     run_generate(build_config({}, [f"output_dir={ref}", *overrides]))
     want = sorted(read_preferences(ref / "prefs").to_pylist(), key=lambda r: r["pair_id"])
 
     out = tmp_path / "killed"
+    raylet = _raylet_pid()
     kills: list[tuple[int, int]] = []  # (pid, shards committed when it was killed)
     done = threading.Event()
 
     def killer():
-        # Kill a worker that is computing a shard, three times over the run.
-        while not done.is_set() and len(kills) < 3:
+        # SIGKILL a worker in the middle of computing a shard: once at the start, once after 4 commits.
+        while not done.is_set() and len(kills) < 2:
             committed = len(_manifests(out))
-            if committed >= 2 + 6 * len(kills):
-                busy = _busy_generation_workers()
+            if committed >= 4 * len(kills):
+                busy = _busy_generation_workers(raylet)
                 if busy:
-                    pid = busy[0]
-                    os.kill(pid, signal.SIGKILL)
-                    kills.append((pid, committed))
-            time.sleep(0.05)
+                    os.kill(busy[0], signal.SIGKILL)
+                    kills.append((busy[0], committed))
+                    continue
+            time.sleep(0.005)
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()

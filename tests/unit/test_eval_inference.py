@@ -66,9 +66,9 @@ def test_actor_groups_by_model_and_matches_the_personalizer(models):
 
 
 def test_a_prompt_that_cannot_fit_is_counted_not_raised(models):
-    inf = InferenceConfig(max_new_tokens=6, max_prompt_tokens=24)
+    inf = InferenceConfig(max_new_tokens=6, max_prompt_tokens=200)
     long_question = dict(answer_request("base", default_methods()["base"], USER, 0, 0, None), model="a",
-                         question="why " * 40)
+                         question="why " * 200)
     ok = dict(answer_request("base", default_methods()["base"], USER, 1, 0, None), model="a")
     out = AnswerActor({"a": models["a"]}, inf.model_dump(), max_shots=4)(_batch([long_question, ok]))
     assert out["finish_reason"][0] == "error" and "even with no shots" in out["error"][0] and out["text"][0] == ""
