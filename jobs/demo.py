@@ -1,4 +1,4 @@
-"""The whole pipeline on one config, in one run directory: generate -> build_model -> train.
+"""The whole pipeline on one config, in one run directory: generate -> build_model -> train -> evaluate.
 
     python -m jobs.demo --config jobs/configs/world.yaml [world.seed=1 output_dir=runs/seed1 ...]
 
@@ -19,11 +19,13 @@ from jobs._common import run_stage
 
 def demo(cfg: RunConfig) -> None:
     from jobs.build_model import build_model
+    from jobs.evaluate import evaluate
     from jobs.generate import generate
     from jobs.train import train
 
     timings = {}
-    for name, stage in (("generate", generate), ("build_model", build_model), ("train", train)):
+    for name, stage in (("generate", generate), ("build_model", build_model), ("train", train),
+                        ("evaluate", evaluate)):
         t0 = time.perf_counter()
         print(f"\n=== {name} ===", flush=True)
         stage(cfg)
@@ -36,6 +38,7 @@ def demo(cfg: RunConfig) -> None:
     for stage, m in metrics.get("stages", {}).items():
         acc = m["reward_accuracy"]
         print(f"reward accuracy [{stage}]: " + "  ".join(f"{k}={v:.3f}" for k, v in acc.items()))
+    print(f"win-rate report: {out / 'report.md'}; plots under {out / 'plots'}")
 
 
 def main(argv: list[str] | None = None) -> int:
