@@ -82,7 +82,14 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=True)
+    for attempt in range(3):  # a busy shared box can miss Ray's fixed 30 s raylet start wait
+        try:
+            ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=True)
+            break
+        except Exception:  # noqa: BLE001
+            ray.shutdown()
+            if attempt == 2:
+                raise
     base = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-generate-"))
     try:
         timed_run(base, "warmup", 5_000, 2, 25)

@@ -281,6 +281,7 @@ class Ingress:
     async def _stream_chat(self, shots, persona, question, sampling, fspo, include_usage, headers, t0):
         gen = self.answer.options(stream=True).stream.remote(shots, persona, question, sampling)
         # The first item comes before the response starts, so overload is still a plain 503.
+        t1 = time.perf_counter()
         first = await self._call("answer", gen.__anext__())
         cid, created, model = completion_id(), int(time.time()), self.cfg.model_id
 
@@ -308,7 +309,6 @@ class Ingress:
                 if not finished:
                     gen.cancel()
 
-        t1 = time.perf_counter()
         return StreamingResponse(events(), media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
 
     # ------------------------------------------------------------------ native
