@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="template: preference parquet (file or dir) of candidate pairs (default: <output_dir>/prefs)")
     parser.add_argument("--preferences", default=None, help="comparisons: the filled template (CSV or JSONL)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options and key=value overrides in any order
     if args.config is None and Path(DEFAULT_CONFIG).is_file():
         args.config = DEFAULT_CONFIG
     if args.step == "comparisons" and not args.preferences:

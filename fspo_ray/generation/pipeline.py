@@ -269,14 +269,15 @@ class RefineCommit:
         provider, refiner = self._open()
         rows = from_table(table)
         shard = self.shards[rows[0]["shard_id"]]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = refine_shard(rows, provider, refiner, entropy_repeats=provider.cfg.generate.report.entropy_repeats)
-        return _commit(provider, shard, result, time.perf_counter() - t0, getattr(refiner, "calls", 0))
+        timing = (time.perf_counter() - t0, time.process_time() - c0)
+        return _commit(provider, shard, result, timing, getattr(refiner, "calls", 0))
 
 
-def _commit(provider, shard: dict, result, seconds: float, judge_calls: int = 0) -> pa.Table:
+def _commit(provider, shard: dict, result, timing: tuple[float, float], judge_calls: int = 0) -> pa.Table:
     stats = result.stats()
-    stats["seconds"] = seconds
+    stats["seconds"], stats["cpu_seconds"] = timing  # wall and this process's CPU time
     stats["judge_calls_refine"] = judge_calls
     stats["rows_per_domain"] = _count(result.rows, "domain")
     stats["users_with_rows"] = len({r["user_id"] for r in result.rows})
@@ -300,11 +301,11 @@ def world_shard_task(cfg_json: str):
         refiner = provider.open_refiner()
         out = []
         for shard in table.to_pylist():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = run_shard_in_process(
                 shard, provider, refiner, entropy_repeats=provider.cfg.generate.report.entropy_repeats
             )
-            out.append(_commit(provider, shard, result, time.perf_counter() - t0))
+            out.append(_commit(provider, shard, result, (time.perf_counter() - t0, time.process_time() - c0)))
         return pa.concat_tables(out) if out else SUMMARY_SCHEMA.empty_table()
 
     return generate_shard
