@@ -1,6 +1,6 @@
 """Serve latency: the RAT graph over HTTP vs the same two stages in one process, and cache hits.
 
-    python -m bench.serve_latency             # ~6 min on 2 cores
+    python -m bench.serve_latency             # ~25 min on this shared 2-core machine
     python -m bench.serve_latency --quick     # smoke: fewer requests
 
 Model: a random-init model of the world's tiny size (jobs/configs/world.yaml, 3.6M params),

@@ -162,7 +162,10 @@ class EvaluateConfig(_Section):
     questions_per_user: int = Field(
         2, ge=1, description="Held-out questions per user: pairs of the user that are never among the shots."
     )
-    num_shots: int = Field(8, ge=0, description="Shots N of the main table (0 = no user context for any method).")
+    num_shots: int | None = Field(
+        None, ge=0, description="Shots N of the main table (unset: episodes.num_shots, the N the models were "
+        "trained with; 0 = no user context for any method)."
+    )
     shots_sweep: list[int] = Field(
         default_factory=lambda: [2, 4, 8], description="Shot counts of the win-rate-vs-shots sweep ([] skips it)."
     )
@@ -228,4 +231,14 @@ class EvaluateConfig(_Section):
 
     @property
     def max_shots(self) -> int:
+        if self.num_shots is None:
+            raise ValueError("evaluate.num_shots is unresolved: use resolve_num_shots(cfg) first")
         return max([self.num_shots, *self.shots_sweep])
+
+
+def resolve_num_shots(cfg):
+    """The run config with evaluate.num_shots set (unset: episodes.num_shots); `cfg` is a RunConfig."""
+    if cfg.evaluate.num_shots is not None:
+        return cfg
+    ev = cfg.evaluate.model_copy(update={"num_shots": cfg.episodes.num_shots})
+    return cfg.model_copy(update={"evaluate": ev})

@@ -199,6 +199,9 @@ def export_comparisons(cfg, preferences_path: str | Path, out_dir: str | Path) -
     from fspo_ray.evaluation import inference
     from fspo_ray.evaluation.plan import answer_request, describe_id, describe_request, plan_methods
 
+    from fspo_ray.evaluation.config import resolve_num_shots
+
+    cfg = resolve_num_shots(cfg)
     ev, human = cfg.evaluate, cfg.evaluate.human
     seed = cfg.seed if ev.seed is None else ev.seed
     mp = plan_methods(ev.model_copy(update={"only": list(human.methods), "describe_before": None,

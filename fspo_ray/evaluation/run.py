@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fspo_ray.config import RunConfig
+from fspo_ray.evaluation.config import resolve_num_shots
 from fspo_ray.evaluation.plan import (
     EvaluationError,
     EvalUser,
@@ -49,6 +50,7 @@ def check_inputs(cfg: RunConfig) -> EvalPlan:
     """Everything that can fail before a Ray worker starts, with a message naming the fix."""
     from fspo_ray.data import read_preferences
 
+    cfg = resolve_num_shots(cfg)
     ev = cfg.evaluate
     try:
         import matplotlib  # noqa: F401
@@ -113,6 +115,7 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     from fspo_ray.evaluation.stats import win_rate
 
     t0 = time.perf_counter()
+    cfg = resolve_num_shots(cfg)
     plan = plan or check_inputs(cfg)
     ev, mp, users = cfg.evaluate, plan.methods, plan.users
     methods, baseline = mp.methods, mp.methods[ev.baseline]

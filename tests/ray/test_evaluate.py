@@ -189,7 +189,8 @@ def test_human_eval_kit_end_to_end(ray_cluster, base_run, tmp_path, capsys):
     items = list(csv.DictReader((kit / "comparisons.csv").open()))
     key = {json.loads(line)["item_id"]: json.loads(line) for line in (kit / "key.jsonl").read_text().splitlines()}
     assert len(items) == 2 * 2 and set(key) == {it["item_id"] for it in items}
-    assert all(it["response_1"] and it["response_2"] for it in items)
+    assert all(it["question"] and it["preferred"] == "" for it in items)  # (an untrained model may answer "")
+    assert {k["participant_id"] for k in key.values()} == {"p000", "p001"} and {k["method"] for k in key.values()} == {"fspo"}
     for it in items:  # this participant always prefers the fspo answer
         it["preferred"] = str(key[it["item_id"]]["method_position"])
     with (kit / "answers.csv").open("w", newline="") as f:

@@ -2,7 +2,12 @@
 
 import pytest
 
-from fspo_ray.evaluation.goals import compare_markdown, evaluate_goals, goals_markdown, paired_difference
+from fspo_ray.evaluation.goals import (
+    compare_markdown,
+    evaluate_goals,
+    goals_markdown,
+    paired_difference,
+)
 from fspo_ray.evaluation.plan import Cell
 
 
