@@ -17,8 +17,17 @@ def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=True, log_to_driver=True,
-                 runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "TOKENIZERS_PARALLELISM": "false"}})
+        # A loaded machine can make the raylet's agents miss their start-up deadline: retry.
+        for attempt in range(3):
+            try:
+                ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=True, log_to_driver=True,
+                         runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                                   "TOKENIZERS_PARALLELISM": "false"}})
+                break
+            except Exception:
+                ray.shutdown()
+                if attempt == 2:
+                    raise
     yield ray
     ray.shutdown()
 
