@@ -38,7 +38,15 @@ def init_ray(cfg: RayConfig, *, runtime_env: dict | None = None) -> dict:
         kwargs.update(num_cpus=cfg.num_cpus)
         if cfg.object_store_memory_mb:
             kwargs["object_store_memory"] = cfg.object_store_memory_mb * 1024 * 1024
-        ray.init(**kwargs)
+        for attempt in range(3):  # on a saturated machine the raylet's agents can miss their start deadline
+            try:
+                ray.init(**kwargs)
+                break
+            except Exception as e:
+                if "timed out during startup" not in str(e) or attempt == 2:
+                    raise
+                logger.warning("local Ray did not start in time (attempt %d of 3); retrying", attempt + 1)
+                ray.shutdown()
     resources = ray.cluster_resources()
     logger.info("ray: %s, resources %s", "joined " + address if address else "started locally", resources)
     return resources
