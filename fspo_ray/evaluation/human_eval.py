@@ -197,9 +197,8 @@ def export_comparisons(cfg, preferences_path: str | Path, out_dir: str | Path) -
     write the blind comparisons and the key."""
     from fspo_ray.data import read_preferences
     from fspo_ray.evaluation import inference
-    from fspo_ray.evaluation.plan import answer_request, describe_id, describe_request, plan_methods
-
     from fspo_ray.evaluation.config import resolve_num_shots
+    from fspo_ray.evaluation.plan import answer_request, describe_id, describe_request, plan_methods
 
     cfg = resolve_num_shots(cfg)
     ev, human = cfg.evaluate, cfg.evaluate.human

@@ -61,18 +61,13 @@ def check_inputs(cfg: RunConfig) -> EvalPlan:
     table = read_preferences(prefs, splits=ev.splits)
     seed = cfg.seed if ev.seed is None else ev.seed
     users = select_users(table.to_pylist(), ev, seed, str(prefs))
-    for name, m in methods.methods.items():
-        if m.context == "true_description":
-            lacking = [u.user_id for us in users.values() for u in us if not u.description]
-            if lacking:
-                raise EvaluationError(f"method {name!r} (true_description) needs user_description; "
-                                      f"{len(lacking)} users lack it, e.g. {lacking[0]}")
     judge_kind = _judge_kind(cfg, users)
-    if judge_kind == "llm":
-        lacking = [u.user_id for us in users.values() for u in us if not u.description]
-        if lacking:
-            raise EvaluationError(f"the LLM judge is conditioned on the user's true description; {len(lacking)} "
-                                  f"users lack user_description, e.g. {lacking[0]}")
+    lacking = [u.user_id for us in users.values() for u in us if not u.description]
+    needs = [f"method {n!r} (true_description)" for n, m in methods.methods.items() if m.context == "true_description"]
+    needs += ["the LLM judge"] if judge_kind == "llm" else []
+    if lacking and needs:
+        raise EvaluationError(f"{' and '.join(needs)} need each user's true user_description; {len(lacking)} "
+                              f"evaluated users lack it, e.g. {lacking[0]}")
     embedder_problem = None
     if methods.describers:
         from fspo_ray.generation.checks import embedder_path

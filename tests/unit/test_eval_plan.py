@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fspo_ray.config import ConfigError, build_config
-from fspo_ray.evaluation.config import EvaluateConfig, MethodConfig
+from fspo_ray.evaluation.config import EvaluateConfig, MethodConfig, resolve_num_shots
 from fspo_ray.evaluation.descriptions import axes_recovered, summarize
 from fspo_ray.evaluation.judging import (
     Comparison,
@@ -48,7 +48,11 @@ def test_default_methods_map_to_training_stages():
         "fspo_rat": ("fspo_rat", "generated_description", "rat_describe"),
         "oracle": ("fspo_rat", "true_description", None),
     }
-    assert ev.baseline == "base" and ev.on_missing == "skip" and ev.max_shots == 8
+    assert ev.baseline == "base" and ev.on_missing == "skip" and ev.num_shots is None
+    # unset num_shots: the N the models were trained with
+    cfg = resolve_num_shots(build_config({}, ["episodes.num_shots=4"]))
+    assert cfg.evaluate.num_shots == 4 and cfg.evaluate.max_shots == 8 and cfg.episodes.num_shots == 4
+    assert resolve_num_shots(build_config({}, ["evaluate.num_shots=2"])).evaluate.num_shots == 2
 
 
 def test_method_overrides_merge_onto_defaults():
