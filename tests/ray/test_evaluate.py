@@ -97,6 +97,11 @@ def test_evaluate_end_to_end(ray_cluster, base_run, tmp_path):
     for when in ("before", "after"):
         assert -1.0 <= dq[when]["similarity"]["all"] <= 1.0 and 0.0 <= dq[when]["axes_recovered"]["all"] <= 1.0
     assert dq["before"]["similarity"] == pytest.approx(dq["after"]["similarity"])  # same weights
+    # the claims, measured: identical models tie, so "fspo beats few_shot" does not hold, by exactly 0
+    goals = {g["claim"]: g for g in r["goals"]}
+    g = goals["fspo beats few_shot on held-out users"]
+    assert g["holds"] is False and g["difference"] == {"mean": 0.0, "ci95": [0.0, 0.0], "n": 2}
+    assert goals["fspo win rate rises with the number of shots (held-out users)"]["by_shots"].keys() == {"1", "2"}
     assert all(_is_png(out / p) for p in r["plots"].values()) and len(r["plots"]) == 2
     md = (out / "report.md").read_text()
     assert "| Method | Trained users | Held-out users | Interpolated users |" in md
