@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     for attempt in range(3):  # a busy shared box can miss Ray's fixed 30 s raylet start wait
         try:
