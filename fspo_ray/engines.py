@@ -63,9 +63,6 @@ class HFEngine:
     def _gen_kwargs(self, sampling: Sampling) -> dict:
         kw = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
                   eos_token_id=self.tokenizer.eos_token_id)
-        if sampling.stop:
-            # Stop inside generate (not only cut afterwards), so no tokens are spent past a stop string.
-            kw.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         if sampling.temperature > 0:
             kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
