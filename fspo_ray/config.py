@@ -314,7 +314,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} has an empty key part")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            # Path placeholders ({output_dir}, {run_name}) would read as YAML flow mappings.
+            placeholder = raw.startswith(("{output_dir}", "{run_name}"))
+            value = raw if placeholder else yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from None
         node = tree
@@ -334,7 +336,8 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _format_validation_error(e: ValidationError) -> str:
+def format_validation_error(e: ValidationError) -> str:
+    """A pydantic error as one line per field: `  train.zero_stage: <why> (got 4)`."""
     lines = []
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
@@ -353,7 +356,7 @@ def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> Ru
     try:
         return RunConfig.model_validate(merged)
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e)) from None
+        raise ConfigError(format_validation_error(e)) from None
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
@@ -372,6 +375,28 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
     return build_config(data, overrides)
+
+
+def absolute_paths(cfg: RunConfig) -> RunConfig:
+    """The same config with its local paths made absolute against the driver's working directory.
+
+    Ray workers (Train workers, Data actors) run in their own directories, so a relative
+    `runs/x` would name a different place there. Hub ids (no such local path) stay as they are.
+    """
+
+    def local(p: str) -> str:
+        q = Path(p).expanduser()
+        if q.is_absolute():
+            return str(q)
+        if q.exists() or p.startswith(("./", "../", "runs/")) or p.startswith(cfg.output_dir):
+            return str(q.absolute())
+        return p
+
+    out = cfg.model_copy(deep=True)
+    object.__setattr__(out, "output_dir", str(Path(cfg.output_dir).expanduser().absolute()))
+    object.__setattr__(out.model, "name_or_path", local(cfg.model.name_or_path))
+    object.__setattr__(out.tiny_model, "output", local(cfg.tiny_model.output))
+    return out
 
 
 def save_resolved(cfg: RunConfig, directory: str | os.PathLike, name: str = "resolved_config.yaml") -> Path:

@@ -127,6 +127,8 @@ def resolve_ref(ref: str, output_dir: str) -> tuple[str, bool]:
     """(path or hub id, is_stage): a name without '/' is a training stage under <output_dir>/models."""
     if "/" not in ref and "\\" not in ref:
         return str(Path(output_dir) / "models" / ref), True
+    if Path(ref).expanduser().exists():  # a local directory: absolute, as Ray actors run elsewhere
+        return str(Path(ref).expanduser().absolute()), False
     return ref, False
 
 

@@ -156,18 +156,7 @@ class LLMProvider(BaseProvider):
         return out
 
     def responses_finish(self, requests: list[dict]) -> list[dict]:
-        out = []
-        for r in requests:
-            r = _strip_engine_fields(r)
-            if r.get("drop"):
-                out.append(r)
-                continue
-            if r.pop("engine_error", None):
-                out.append(drop(r, "inference_error"))
-                continue
-            text = parse_response(r.pop("generated_text", None))
-            out.append(drop(r, text.reason) if isinstance(text, Drop) else {**r, "response": text})
-        return out
+        return _finish(requests, parse_response, "response")
 
     def sampling_for(self, model_cfg, purpose: str, strategy: str) -> dict:
         """Sampling parameters of one engine op (vLLM SamplingParams names)."""
@@ -204,21 +193,27 @@ class LLMProvider(BaseProvider):
         return out
 
     def judge_finish(self, requests: list[dict]) -> list[dict]:
-        out = []
-        for r in requests:
-            r = _strip_engine_fields(r)
-            if r.get("drop"):
-                out.append(r)
-                continue
-            if r.pop("engine_error", None):
-                out.append(drop(r, "inference_error"))
-                continue
-            label = parse_label(r.pop("generated_text", None))
-            out.append(drop(r, label.reason) if isinstance(label, Drop) else {**r, "label": label})
-        return out
+        return _finish(requests, parse_label, "label")
 
     def open_refiner(self, engine=None) -> LLMRefiner:
         return LLMRefiner(self, engine)
+
+
+def _finish(requests: list[dict], parse, key: str) -> list[dict]:
+    """After an engine op: parse each generation into `key`, or drop the row with its reason
+    (already dropped, engine error, or what the parser says). One bad row never fails a batch."""
+    out = []
+    for r in requests:
+        r = _strip_engine_fields(r)
+        if r.get("drop"):
+            out.append(r)
+            continue
+        if r.pop("engine_error", None):
+            out.append(drop(r, "inference_error"))
+            continue
+        parsed = parse(r.pop("generated_text", None))
+        out.append(drop(r, parsed.reason) if isinstance(parsed, Drop) else {**r, key: parsed})
+    return out
 
 
 def _strip_engine_fields(row: dict) -> dict:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
-from fspo_ray.config import ConfigError, Section, _format_validation_error
+from fspo_ray.config import ConfigError, Section, format_validation_error
 from fspo_ray.personalize import EngineConfig, PersonalizeConfig
 
 
@@ -231,7 +231,7 @@ def load_serve_config(args: dict[str, Any] | ServeConfig | None) -> ServeConfig:
     try:
         return ServeConfig.model_validate(args or {})
     except ValidationError as e:
-        raise ConfigError(_format_validation_error(e).replace("invalid config:", "invalid serve config:", 1)) from None
+        raise ConfigError(format_validation_error(e).replace("invalid config:", "invalid serve config:", 1)) from None
 
 
 def _looks_local(path: str) -> bool:

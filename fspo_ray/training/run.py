@@ -191,6 +191,23 @@ def reward_accuracy_eval(cfg: RunConfig, st: StageConfig) -> dict[str, float]:
     return {split: correct[split] / count[split] for split in count}
 
 
+def reference_accuracies(cfg: RunConfig, st: StageConfig) -> dict[str, dict[str, float]]:
+    """For world data: the shot-reader ceiling and the no-context population prior on the same
+    held-out pairs as `reward_accuracy_eval` (see fspo_ray/world/reference.py)."""
+    from fspo_ray.world.reference import population_prior_accuracy, shot_reader_accuracy
+
+    train = load_users(pref_dir(cfg), "train")
+    out: dict[str, dict[str, float]] = {"shot_reader": {}, "population_prior": {}}
+    for split in ("train", "held_out", "interpolated"):
+        users = load_users(pref_dir(cfg), split, max_users=cfg.train.eval_users_per_split)
+        if not users.prefs:
+            continue
+        episodes = sample_episodes(cfg, st.model_copy(update={"kind": "preference"}), users, epoch=10_000)
+        out["shot_reader"][split] = shot_reader_accuracy(episodes)
+        out["population_prior"][split] = population_prior_accuracy(train.prefs, episodes)
+    return out
+
+
 def run_training(cfg: RunConfig, *, fail_at_step: dict[str, int] | None = None) -> dict:
     """Run every selected stage; write eval_metrics.json with reward accuracy per split."""
     check_inputs(cfg)
@@ -199,13 +216,21 @@ def run_training(cfg: RunConfig, *, fail_at_step: dict[str, int] | None = None) 
         fit_stage(cfg, st, fail_at_step=(fail_at_step or {}).get(st.name))
         if st.kind == "preference":  # describe stages are scored by the evaluation's description quality
             acc = reward_accuracy_eval(cfg, st)
-            results[st.name] = acc
+            results[st.name] = {"reward_accuracy": acc}
+            if cfg.generate.provider == "world":
+                results[st.name]["reference"] = reference_accuracies(cfg, st)
             (Path(cfg.output_dir) / "train" / st.name / "eval_metrics.json").write_text(
-                json.dumps({"reward_accuracy": acc}, indent=2))
+                json.dumps(results[st.name], indent=2))
             print(f"[train] stage {st.name}: reward accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
+            if "reference" in results[st.name]:
+                ref = results[st.name]["reference"]
+                print(f"[train] stage {st.name}: reference (same pairs): shot reader "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in ref["shot_reader"].items())
+                      + "; no-context prior " + ", ".join(f"{k} {v:.3f}" for k, v in ref["population_prior"].items()),
+                      flush=True)
     summary_path = Path(cfg.output_dir) / "eval_metrics.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": {}}
-    summary["stages"].update({k: {"reward_accuracy": v} for k, v in results.items()})
+    summary["stages"].update(results)
     main = "fspo" if "fspo" in summary["stages"] else next(iter(summary["stages"]), None)
     if main is not None:
         summary["reward_accuracy"] = summary["stages"][main]["reward_accuracy"]

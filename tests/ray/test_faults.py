@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 from fspo_ray.config import build_config
+from tests.ray.helpers import running_app, serve_args, tiny_train_cfg
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -37,20 +37,7 @@ def resilience(name: str, **figures) -> None:
 
 
 def _train_cfg(out: Path, **train):
-    # tests/ray/test_train.py's known-good tiny setup (2 workers, ZeRO-2, checkpoint every 2 steps).
-    return build_config({
-        "run_name": "faults",
-        "output_dir": str(out),
-        "world": {"users_train": 12, "users_held_out": 3, "users_interpolated": 3, "prefs_per_user": 6},
-        "tiny_model": {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
-                       "num_heads": 2, "num_kv_heads": 2, "corpus_sentences": 1500},
-        "episodes": {"num_shots": 2, "min_shots": 1, "max_length": 384},
-        "train": {"num_workers": 2, "global_batch_size": 8, "micro_batch_size": 2, "checkpoint_every": 2,
-                  "ref_concurrency": 1, "ref_cpus": 0.5, "cpus_per_worker": 1, "eval_users_per_split": 3,
-                  "max_failures": 1, "tensorboard": False,
-                  "stages": [{"name": "fspo", "kind": "preference", "init_from": "model", "lr": 3e-3,
-                              "warmup_steps": 1, "optimizer": "adamw", "epochs": 2, "beta": 0.1}]} | train,
-    })
+    return tiny_train_cfg(out, "faults", **train)
 
 
 def _losses(out: Path) -> tuple[dict[int, float], list[int]]:
@@ -178,41 +165,16 @@ MODEL = "fspo-fault"
 PREFS = [{"question": f"what should I cook {i}?", "chosen": "a short recipe", "rejected": "a long essay"} for i in range(3)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def serve_app(ray_cluster, tmp_path_factory):
-    from ray import serve
-
-    from fspo_ray.serving.app import build_app
     from tests.unit.test_personalize import tiny_model_dir
 
     tmp = tmp_path_factory.mktemp("serve-faults")
-    model = str(tiny_model_dir(tmp / "model"))
-    args = {
-        "model_id": MODEL,
-        "personalize": {"num_shots": 3, "persona": {"model": model, "max_new_tokens": 6},
-                        "answer": {"model": model, "max_new_tokens": 8}},
-        "deployments": {
-            "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 100, "max_queued_requests": 100, "health_check_period_s": 1},
-            "persona": {"num_cpus": 0.25, "max_ongoing_requests": 4, "max_queued_requests": 8, "health_check_period_s": 1},
-            "answer": {"num_cpus": 0.25, "max_ongoing_requests": 4, "max_queued_requests": 8, "health_check_period_s": 1},
-            "persona_batching": {"max_batch_size": 4},
-            "answer_batching": {"max_batch_size": 4},
-        },
-        "store": {"kind": "sqlite", "path": str(tmp / "profiles.sqlite3")},
-        "auth": {"api_key": KEY},
-    }
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(args), name="fspo-faults", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.delete("fspo-faults")
-    serve.shutdown()  # the next module starts Serve with its own HTTP options
+    args = serve_args(str(tiny_model_dir(tmp / "model")), MODEL, tmp / "profiles.sqlite3", KEY, num_shots=3,
+                      max_ongoing=4, max_queued=8, max_batch=4)
+    with running_app(args, "fspo-faults") as url:
+        yield url
 
 
 def _replica(deployment: str) -> str:

@@ -6,13 +6,13 @@ One app for the module (tiny random model, small admission limits, API key on).
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.ray.helpers import running_app, serve_args
 from tests.unit.test_personalize import tiny_model_dir
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,43 +25,19 @@ PREFS = [{"question": f"what should I cook {i}?", "chosen": f"a short recipe {MA
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def app(ray_cluster, tmp_path_factory):
-    from ray import serve
-
-    from fspo_ray.serving.app import build_app
-
     tmp = tmp_path_factory.mktemp("serve")
-    model = str(tiny_model_dir(tmp / "model"))
-    args = {
-        "model_id": MODEL,
-        "personalize": {"num_shots": 4, "persona": {"model": model, "max_new_tokens": 6},
-                        "answer": {"model": model, "max_new_tokens": 8}},
-        "deployments": {
-            "ingress": {"num_cpus": 0.1, "max_ongoing_requests": 100, "max_queued_requests": 100, "health_check_period_s": 1},
-            "persona": {"num_cpus": 0.25, "max_ongoing_requests": 2, "max_queued_requests": 2, "health_check_period_s": 1},
-            "answer": {"num_cpus": 0.25, "max_ongoing_requests": 2, "max_queued_requests": 2, "health_check_period_s": 1},
-            "persona_batching": {"max_batch_size": 2},
-            "answer_batching": {"max_batch_size": 2},
-        },
-        "limits": {"max_preferences": 4, "max_stored_preferences": 8, "max_text_chars": 200, "max_tokens": 300,
-                   "max_body_bytes": 8192},
-        "cache": {"ttl_s": 120, "sweep_interval_s": 0.2},
-        "store": {"kind": "sqlite", "path": str(tmp / "profiles.sqlite3")},
-        "auth": {"api_key": KEY},
-    }
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(args), name="fspo", route_prefix="/")
-    yield {"url": f"http://127.0.0.1:{port}", "store": tmp / "profiles.sqlite3"}
-    serve.delete("fspo")
-    serve.shutdown()
+    args = serve_args(
+        str(tiny_model_dir(tmp / "model")), MODEL, tmp / "profiles.sqlite3", KEY, num_shots=4, max_ongoing=2,
+        max_queued=2, max_batch=2,
+        limits={"max_preferences": 4, "max_stored_preferences": 8, "max_text_chars": 200, "max_tokens": 300,
+                "max_body_bytes": 8192},
+        cache={"ttl_s": 120, "sweep_interval_s": 0.2},
+    )
+    with running_app(args, "fspo") as url:
+        yield {"url": url, "store": tmp / "profiles.sqlite3"}
 
 
 @pytest.fixture(scope="module")

@@ -7,29 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fspo_ray.config import build_config
 from fspo_ray.errors import FspoError
 from fspo_ray.modeling import build_tiny_from_config
+from tests.ray.helpers import tiny_train_cfg
 from tests.world_fixtures import write_world_prefs
 
 
 def _cfg(out: Path, **train):
-    stages = train.pop("stages", [
-        {"name": "fspo", "kind": "preference", "init_from": "model", "lr": 3e-3, "warmup_steps": 1,
-         "optimizer": "adamw", "epochs": 2, "beta": 0.1},
-    ])
-    data = {
-        "run_name": "t",
-        "output_dir": str(out),
-        "world": {"users_train": 12, "users_held_out": 3, "users_interpolated": 3, "prefs_per_user": 6},
-        "tiny_model": {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
-                       "num_heads": 2, "num_kv_heads": 2, "corpus_sentences": 1500},
-        "episodes": {"num_shots": 2, "min_shots": 1, "max_length": 384},
-        "train": {"num_workers": 2, "global_batch_size": 8, "micro_batch_size": 2, "checkpoint_every": 2,
-                  "ref_concurrency": 1, "ref_cpus": 0.5, "cpus_per_worker": 1, "eval_users_per_split": 3,
-                  "max_failures": 1, "tensorboard": False, "stages": stages} | train,
-    }
-    return build_config(data)
+    return tiny_train_cfg(out, "t", **train)
 
 
 @pytest.fixture(scope="module")

@@ -88,3 +88,17 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_resolved(cfg, tmp_path)
     again = build_config(yaml.safe_load(path.read_text()))
     assert again == cfg
+
+
+def test_absolute_paths_anchor_local_paths_for_ray_workers(tmp_path, monkeypatch):
+    # Ray Train workers and Data actors run in their own directories: a relative runs/x given to
+    # the driver must reach them as an absolute path, while a hub id stays untouched.
+    from fspo_ray.config import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = absolute_paths(build_config({}, ["output_dir=runs/abc", "model.name_or_path={output_dir}/models/tiny"]))
+    assert cfg.output_dir == str(tmp_path / "runs/abc")
+    assert cfg.model.name_or_path == str(tmp_path / "runs/abc/models/tiny")
+    assert cfg.tiny_model.output == str(tmp_path / "runs/abc/models/tiny")
+    hub = absolute_paths(build_config({}, ["model.name_or_path=meta-llama/Llama-3.2-3B-Instruct"]))
+    assert hub.model.name_or_path == "meta-llama/Llama-3.2-3B-Instruct"

@@ -1,0 +1,59 @@
+"""Reference predictors for held-out pairs: what the shots make knowable, and what they do not.
+
+Two hand-written predictors read texts with the world's reader (never the persona):
+
+- `shot_reader`: from the user's N shots, count +1 for every (axis, value) fragment read in a
+  chosen text and -1 in a rejected one; the held-out text with the higher total wins. It is
+  what a model that has learned to read the world's fragments could infer from the shots, so
+  it sets a practical ceiling for an N-shot model's reward accuracy.
+- `population_prior`: the same count over every training pair of every user, no shots: the
+  best a model without user context (IPO without few-shot context) can hope to learn.
+
+Both are scored on the same episodes as the trained models (`build_episodes`), a tie counts
+half. They put the learned accuracies in context: labels carry judge noise and position bias,
+and a held-out pair may turn on an axis none of the N shots reveal.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+
+from fspo_ray.episodes import Episode, Preference
+from fspo_ray.world.reader import read_evidence
+
+
+def fragments(text: str) -> frozenset[tuple[str, str]]:
+    """The (axis, value) pairs the reader finds in `text`."""
+    return frozenset((a, v) for a, vs in read_evidence(text).items() for v in vs)
+
+
+def evidence(prefs: Iterable[Preference]) -> Counter:
+    """+1 per (axis, value) read in a chosen text, -1 per one read in a rejected text."""
+    ev: Counter = Counter()
+    for p in prefs:
+        ev.update(fragments(p.chosen))
+        ev.subtract(fragments(p.rejected))
+    return ev
+
+
+def _score(ev: Mapping[tuple[str, str], float], pair: Preference) -> float:
+    """1 when the evidence ranks chosen above rejected, 0.5 on a tie, else 0."""
+    c = sum(ev.get(f, 0) for f in fragments(pair.chosen))
+    r = sum(ev.get(f, 0) for f in fragments(pair.rejected))
+    return 1.0 if c > r else 0.5 if c == r else 0.0
+
+
+def shot_reader_accuracy(episodes: Sequence[Episode]) -> float:
+    """Mean accuracy of ranking each held-out pair by the evidence of its own shots."""
+    if not episodes:
+        raise ValueError("no episodes to score")
+    return sum(_score(evidence(ep.shots), ep.held_out) for ep in episodes) / len(episodes)
+
+
+def population_prior_accuracy(train_prefs: Mapping[str, Sequence[Preference]], episodes: Sequence[Episode]) -> float:
+    """Mean accuracy of ranking each held-out pair by the evidence of all training users' pairs."""
+    if not episodes:
+        raise ValueError("no episodes to score")
+    prior = evidence(p for prefs in train_prefs.values() for p in prefs)
+    return sum(_score(prior, ep.held_out) for ep in episodes) / len(episodes)
