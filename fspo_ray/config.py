@@ -191,6 +191,10 @@ class StageConfig(Section):
     )
     rat: bool = Field(False, description="Condition on the user description block (RAT answer model).")
     epochs: int = Field(1, ge=1, description="Passes over the episodes; episodes are resampled every epoch.")
+    max_episodes: int | None = Field(
+        None, ge=1, description="Episodes per epoch: the first of the epoch's shuffled episodes (unset: all; every "
+        "pair of every training user held out once). Bounds costly stages, e.g. describe_preference's sampling.",
+    )
     lr: float = Field(1e-6, gt=0.0, description="Peak learning rate (official FSPO recipe: 1e-6).")
     optimizer: Literal["rmsprop", "adamw"] = Field("rmsprop", description="Optimizer (official recipe: RMSprop).")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay.")

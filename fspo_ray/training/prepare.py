@@ -93,6 +93,13 @@ def sample_episodes(cfg: RunConfig, stage: StageConfig, users: UserData, epoch: 
     return episodes
 
 
+def stage_episodes(cfg: RunConfig, stage: StageConfig, users: UserData, epoch: int) -> list[Episode]:
+    """The episodes one epoch of `stage` trains on: all of them, or the first `max_episodes`
+    of the epoch's shuffled order (a different subset every epoch)."""
+    episodes = sample_episodes(cfg, stage, users, epoch)
+    return episodes if stage.max_episodes is None else episodes[: stage.max_episodes]
+
+
 def episode_records(episodes: list[Episode], split: str, task: str = "answer") -> list[dict]:
     """Episodes as plain records (Arrow-friendly) for a Ray Data pipeline.
 
@@ -321,7 +328,7 @@ def prepare_stage_epochs(cfg: RunConfig, stage: StageConfig, pref_dir: str | Pat
         paths.append(out)
         if (out / DONE_MARKER).exists():
             continue
-        episodes = sample_episodes(cfg, stage, users, epoch)
+        episodes = stage_episodes(cfg, stage, users, epoch)
         records = episode_records(episodes, "train", stage_task(stage))
         if stage.kind == "describe_preference":
             records, quality = sample_description_pairs(records, cfg, stage, tokenizer_path)
