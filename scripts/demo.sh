@@ -6,5 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 export RAY_TRAIN_ENABLE_PRINT_PATCH=0 TOKENIZERS_PARALLELISM=false
+# Ray Data logs its progress every 10 s when stdout is not a terminal; once a minute is enough here.
+export RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL="${RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL:-60}"
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions}"
 exec .venv/bin/python -m jobs.demo --config jobs/configs/world.yaml "$@"

@@ -88,11 +88,13 @@ def _micro_loss(spec: LoopSpec, model, batch: dict, forward):
     from fspo_ray.losses import preference_loss
 
     out = forward(model, batch)
+    processed = _processed_tokens(batch)
     if spec.kind in ("base_sft", "sft", "describe_sft"):
         # Pref-FT: mean NLL over the tokens of both completions under the prompt.
         tokens = (out.chosen_tokens + out.rejected_tokens).sum()
         loss = -(out.chosen_logps.sum() + out.rejected_logps.sum()) / tokens.clamp(min=1)
-        return loss, _as_tensors({"loss": loss.detach() * len(out.chosen_logps), "pairs": len(out.chosen_logps), "tokens": tokens})
+        return loss, _as_tensors({"loss": loss.detach() * len(out.chosen_logps), "pairs": len(out.chosen_logps), "tokens": tokens,
+                                 "input_tokens": processed})
     losses, cr, rr = preference_loss(
         out.chosen_logps, out.rejected_logps, batch["ref_chosen_logps"], batch["ref_rejected_logps"],
         loss_type=spec.loss_type, beta=spec.beta, label_smoothing=spec.label_smoothing,
@@ -102,12 +104,23 @@ def _micro_loss(spec: LoopSpec, model, batch: dict, forward):
         "loss": losses.detach().sum(),
         "pairs": len(losses),
         "tokens": (out.chosen_tokens + out.rejected_tokens).sum(),
+        "input_tokens": processed,
         "reward_accuracy": ((cr > rr).float() + 0.5 * (cr == rr).float()).sum(),
         "reward_margin": (cr - rr).sum(),
         "chosen_reward": cr.sum(),
         "rejected_reward": rr.sum(),
     }
     return loss, _as_tensors(stats)
+
+
+def _processed_tokens(batch: dict):
+    """Real (non-pad) tokens the model runs: the packed row's prompt + chosen + rejected, or both
+    concatenated rows (the prompt twice)."""
+    from fspo_ray.collate import PAD_SEGMENT
+
+    if "segment_ids" in batch:
+        return (batch["segment_ids"] != PAD_SEGMENT).sum()
+    return batch["attention_mask"].sum()
 
 
 def _as_tensors(stats: dict) -> dict:
@@ -240,9 +253,12 @@ def train_loop_per_worker(config: dict) -> None:
             agg = dict(zip(keys, vec.tolist(), strict=True))
             pairs = agg.pop("pairs")
             tokens = agg.pop("tokens")
+            processed = agg.pop("input_tokens")
             m = {k: v / pairs for k, v in agg.items()}
+            elapsed = time.perf_counter() - t0
             m.update(step=step, epoch=epoch, lr=float(scheduler.get_last_lr()[0]),
-                     tokens_per_s=tokens / (time.perf_counter() - t0), pairs_per_s=pairs / (time.perf_counter() - t0),
+                     tokens_per_s=processed / elapsed, completion_tokens_per_s=tokens / elapsed,
+                     pairs_per_s=pairs / elapsed,
                      grad_norm=float(engine.get_global_grad_norm() or 0.0))
             if not math.isfinite(m["loss"]):
                 if rank == 0:
@@ -257,7 +273,7 @@ def train_loop_per_worker(config: dict) -> None:
                 if step % 10 == 0 or step == total_steps:
                     print(f"[{spec.stage}] step {step}/{total_steps} epoch {epoch} loss {m['loss']:.4f} "
                           + (f"acc {m['reward_accuracy']:.3f} " if "reward_accuracy" in m else "")
-                          + f"{m['tokens_per_s']:.0f} tok/s", flush=True)
+                          + f"{m['pairs_per_s']:.1f} pairs/s {m['tokens_per_s']:.0f} tok/s", flush=True)
             if step % spec.checkpoint_every == 0 or step == total_steps:
                 _save_and_report(engine, step, m)
                 last_good = step

@@ -54,6 +54,12 @@ def test_sft_then_fspo_learns_and_exports(base, tmp_path):
     summary = run_training(cfg)
     sft_losses, _ = _losses(out, "sft")
     assert sft_losses[max(sft_losses)] < sft_losses[1] - 0.2  # SFT loss goes down
+    metrics = [json.loads(line) for line in (out / "train" / "fspo" / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:  # the metrics, every step
+        for key in ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "lr", "pairs_per_s"):
+            assert key in m, key
+        # tokens/s counts every token the model runs (prompt included), more than the scored ones
+        assert m["tokens_per_s"] > m["completion_tokens_per_s"] > 0
     # The exported ZeRO-3 model (consolidated from shards) loads with from_pretrained and differs
     # from its start in every parameter tensor.
     start = AutoModelForCausalLM.from_pretrained(out / "models" / "sft")
