@@ -3,7 +3,7 @@
     python -m bench.train_throughput            # 2 rounds x (ours, trl), 16 timed steps each
     python -m bench.train_throughput --quick    # smoke: one round of 3 timed steps
 
-Model: the world's tiny Llama (jobs/configs/world.yaml: hidden 256, 4 layers, 4 heads, a BPE
+Model: a tiny Llama of the world (hidden 256, 4 layers, 4 heads by default; --hidden etc.; a BPE
 vocabulary trained on world text), random init, built once and loaded by every subprocess.
 Data: 8-shot FSPO episodes of the simulated world in the official markdown template; both
 sides train on the same pairs in the same order, and both precompute reference log-probs
@@ -51,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--config", default=str(REPO / "jobs/configs/world.yaml"), help="world + tiny model config"
     )
+    p.add_argument("--hidden", type=int, default=256, help="model width")
+    p.add_argument("--intermediate", type=int, default=688, help="MLP width")
+    p.add_argument("--layers", type=int, default=4, help="decoder layers")
+    p.add_argument("--heads", type=int, default=4, help="attention heads (= key/value heads)")
     p.add_argument("--steps", type=int, default=16, help="timed optimizer steps per side and round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per optimizer step, both sides")
@@ -96,7 +100,10 @@ def build_inputs(args: argparse.Namespace, workdir: Path) -> dict:
     from fspo_ray.modeling import build_tiny_from_config, load_tokenizer
 
     hf_logging.disable_progress_bar()
-    overrides = [f"tiny_model.output={workdir / 'model'}"]
+    # The benchmark model: hidden 256, 4 layers (the demo's world.yaml uses a narrower one).
+    overrides = [f"tiny_model.output={workdir / 'model'}", f"tiny_model.hidden_size={args.hidden}",
+                 f"tiny_model.intermediate_size={args.intermediate}", f"tiny_model.num_layers={args.layers}",
+                 f"tiny_model.num_heads={args.heads}", f"tiny_model.num_kv_heads={args.heads}"]  # fmt: skip
     if args.corpus_sentences:
         overrides.append(f"tiny_model.corpus_sentences={args.corpus_sentences}")
     cfg = load_config(args.config, overrides)
@@ -504,6 +511,8 @@ def report(args, rows: dict[str, list[dict]], inputs: dict, load_start: list[flo
         "mean_prompt_tokens": round(statistics.fmean(p for p, _, _ in lengths), 1),
         "mean_completion_tokens": round(statistics.fmean((c + r) / 2 for _, c, r in lengths), 1),
         "losses_finite": all(r["losses_finite"] for side_rows in rows.values() for r in side_rows),
+        "model": {"hidden_size": args.hidden, "intermediate_size": args.intermediate, "num_layers": args.layers,
+                  "num_heads": args.heads},  # fmt: skip
         "threads": args.threads,
         "workers": 1,
         "steps": args.steps,
