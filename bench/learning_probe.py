@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bs", type=int, default=16)
     ap.add_argument("--no-context", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (fp32 either way)")
     ap.add_argument("--eval-users", type=int, default=40)
     ap.add_argument("--loss", default="ipo")
     ap.add_argument("--skip-sft", action="store_true")
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     model = AutoModelForCausalLM.from_pretrained(
         str(mdir), attn_implementation="sdpa", dtype=torch.float32
     )
+    dev = torch.device(a.device)
+    model.to(dev)
+
+    def to_dev(batch):
+        return {k: v.to(dev) for k, v in batch.items()}
+
     print("params", sum(p.numel() for p in model.parameters()), flush=True)
     world = world_from_config(cfg.world)
 
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     def add_ref(recs):
         model.eval()
         for b in batches(recs, 32, 0):
-            o = fwd(model, coll(b, pad))
+            o = fwd(model, to_dev(coll(b, pad)))
             for e, c, r in zip(b, o.chosen_logps.tolist(), o.rejected_logps.tolist(), strict=True):
                 e["ref_c"], e["ref_r"] = c, r
         model.train()
@@ -145,14 +152,14 @@ def main(argv: list[str] | None = None) -> None:
             if kind == "pref":
                 add_ref(recs)
             for b in batches(recs, a.bs, ep):
-                batch = coll(b, pad)
+                batch = to_dev(coll(b, pad))
                 o = fwd(model, batch)
                 if kind == "sft":
                     tokens = (o.chosen_tokens + o.rejected_tokens).sum()
                     loss = -(o.chosen_logps.sum() + o.rejected_logps.sum()) / tokens
                 else:
-                    rc = torch.tensor([e["ref_c"] for e in b])
-                    rr = torch.tensor([e["ref_r"] for e in b])
+                    rc = torch.tensor([e["ref_c"] for e in b], device=dev)
+                    rr = torch.tensor([e["ref_r"] for e in b], device=dev)
                     losses, cr, rj = preference_loss(
                         o.chosen_logps, o.rejected_logps, rc, rr, loss_type=a.loss, beta=a.beta
                     )
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         model.eval()
         acc = 0.0
         for b in batches(recs, 32, 0):
-            o = fwd(model, coll(b, pad))
+            o = fwd(model, to_dev(coll(b, pad)))
             for e, c, r in zip(b, o.chosen_logps.tolist(), o.rejected_logps.tolist(), strict=True):
                 h = (c - e["ref_c"]) - (r - e["ref_r"])
                 acc += 1.0 if h > 0 else 0.5 if h == 0 else 0
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         return acc / len(recs)
 
     if a.load_sft:
-        model.load_state_dict(torch.load(a.load_sft))
+        model.load_state_dict(torch.load(a.load_sft, map_location=dev))
     else:
         run("base_sft", 0, a.base_epochs, a.lr_base, "sft")
         if not a.skip_sft:
