@@ -57,3 +57,37 @@ def population_prior_accuracy(train_prefs: Mapping[str, Sequence[Preference]], e
         raise ValueError("no episodes to score")
     prior = evidence(p for prefs in train_prefs.values() for p in prefs)
     return sum(_score(prior, ep.held_out) for ep in episodes) / len(episodes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m fspo_ray.world.reference <output_dir>/prefs [--shots 2 4 8]`: both predictors per
+    split and N on the same held-out episodes the training job's reward accuracy uses."""
+    import argparse
+
+    from fspo_ray.episodes import build_episodes
+    from fspo_ray.training.prepare import load_users
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("prefs", help="a preference directory written by jobs.generate")
+    p.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--users-per-split", type=int, default=None, help="first users by id (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed (episode sampling)")
+    args = p.parse_args(argv)
+    train = load_users(args.prefs, "train").prefs
+    print("| split | " + " | ".join(f"shot reader N={n}" for n in args.shots) + " | no-context prior |")
+    print("|---|" + "---:|" * (len(args.shots) + 1))
+    for split in ("train", "held_out", "interpolated"):
+        users = load_users(args.prefs, split, max_users=args.users_per_split).prefs
+        if not users:
+            continue
+        cells = []
+        for n in args.shots:
+            episodes, _ = build_episodes(users, num_shots=n, min_shots=1, seed=args.seed, epoch=10_000)
+            cells.append(f"{shot_reader_accuracy(episodes):.3f}")
+        episodes, _ = build_episodes(users, num_shots=args.shots[0], min_shots=1, seed=args.seed, epoch=10_000)
+        cells.append(f"{population_prior_accuracy(train, episodes):.3f}")
+        print(f"| {split} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -46,3 +46,17 @@ def test_shots_beat_the_population_prior_and_rise_with_n():
 def test_empty_episodes_are_an_error():
     with pytest.raises(ValueError, match="no episodes"):
         shot_reader_accuracy([])
+
+
+def test_cli_prints_a_table_per_split(tmp_path, capsys):
+    from fspo_ray.config import build_config
+    from fspo_ray.world.reference import main
+    from tests.world_fixtures import write_world_prefs
+
+    cfg = build_config({"output_dir": str(tmp_path), "world": {"users_train": 6, "users_held_out": 3,
+                                                               "users_interpolated": 3, "prefs_per_user": 8}})
+    prefs = write_world_prefs(cfg)
+    main([str(prefs), "--shots", "2", "4"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "split" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["train", "held_out", "interpolated"]
+    assert all(0.0 <= float(x) <= 1.0 for r in rows for x in r.strip("| ").split(" | ")[1:])
