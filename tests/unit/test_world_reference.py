@@ -6,7 +6,12 @@ import pytest
 
 from fspo_ray.episodes import Preference, build_episodes
 from fspo_ray.world import World
-from fspo_ray.world.reference import evidence, fragments, population_prior_accuracy, shot_reader_accuracy
+from fspo_ray.world.reference import (
+    evidence,
+    fragments,
+    population_prior_accuracy,
+    shot_reader_accuracy,
+)
 
 
 def _users(world: World, split: str, n: int, pairs: int = 12) -> dict[str, list[Preference]]:
