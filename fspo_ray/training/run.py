@@ -168,17 +168,24 @@ def fit_stage(cfg: RunConfig, st: StageConfig, *, fail_at_step: int | None = Non
     return export
 
 
-def reward_accuracy_eval(cfg: RunConfig, st: StageConfig) -> dict[str, float]:
+def eval_episodes(cfg: RunConfig, st: StageConfig) -> dict[str, list]:
+    """The held-out episodes a preference stage is scored on, per split (fixed: epoch 10,000)."""
+    out = {}
+    for split in ("train", "held_out", "interpolated"):
+        users = load_users(pref_dir(cfg), split, max_users=cfg.train.eval_users_per_split)
+        if users.prefs:
+            out[split] = sample_episodes(cfg, st.model_copy(update={"kind": "preference"}), users, epoch=10_000)
+    return out
+
+
+def reward_accuracy_eval(cfg: RunConfig, st: StageConfig, episodes: dict[str, list]) -> dict[str, float]:
     """Implicit-reward accuracy on held-out pairs per split: does the trained policy, given the
     user's shots, rank the held-out pair as the user did (beta * log-ratio vs the reference)?"""
     policy = str(stage_model_dir(cfg, st.name))
     reference = resolve_model(cfg, st.reference or st.init_from)
     records: list[dict] = []
-    for split in ("train", "held_out", "interpolated"):
-        users = load_users(pref_dir(cfg), split, max_users=cfg.train.eval_users_per_split)
-        if users.prefs:
-            episodes = sample_episodes(cfg, st.model_copy(update={"kind": "preference"}), users, epoch=10_000)
-            records.extend(episode_records(episodes, split))
+    for split, split_episodes in episodes.items():
+        records.extend(episode_records(split_episodes, split))
     for i, r in enumerate(records):
         r["index"] = i
     rows = scored_dataset(records, cfg, st, policy, {"ref_": reference, "pi_": policy}).take_all()
@@ -191,20 +198,16 @@ def reward_accuracy_eval(cfg: RunConfig, st: StageConfig) -> dict[str, float]:
     return {split: correct[split] / count[split] for split in count}
 
 
-def reference_accuracies(cfg: RunConfig, st: StageConfig) -> dict[str, dict[str, float]]:
+def reference_accuracies(cfg: RunConfig, episodes: dict[str, list]) -> dict[str, dict[str, float]]:
     """For world data: the shot-reader ceiling and the no-context population prior on the same
-    held-out pairs as `reward_accuracy_eval` (see fspo_ray/world/reference.py)."""
+    held-out episodes as `reward_accuracy_eval` (see fspo_ray/world/reference.py)."""
     from fspo_ray.world.reference import population_prior_accuracy, shot_reader_accuracy
 
     train = load_users(pref_dir(cfg), "train")
     out: dict[str, dict[str, float]] = {"shot_reader": {}, "population_prior": {}}
-    for split in ("train", "held_out", "interpolated"):
-        users = load_users(pref_dir(cfg), split, max_users=cfg.train.eval_users_per_split)
-        if not users.prefs:
-            continue
-        episodes = sample_episodes(cfg, st.model_copy(update={"kind": "preference"}), users, epoch=10_000)
-        out["shot_reader"][split] = shot_reader_accuracy(episodes)
-        out["population_prior"][split] = population_prior_accuracy(train.prefs, episodes)
+    for split, split_episodes in episodes.items():
+        out["shot_reader"][split] = shot_reader_accuracy(split_episodes)
+        out["population_prior"][split] = population_prior_accuracy(train.prefs, split_episodes)
     return out
 
 
@@ -215,10 +218,11 @@ def run_training(cfg: RunConfig, *, fail_at_step: dict[str, int] | None = None) 
     for st in selected_stages(cfg):
         fit_stage(cfg, st, fail_at_step=(fail_at_step or {}).get(st.name))
         if st.kind == "preference":  # describe stages are scored by the evaluation's description quality
-            acc = reward_accuracy_eval(cfg, st)
+            episodes = eval_episodes(cfg, st)
+            acc = reward_accuracy_eval(cfg, st, episodes)
             results[st.name] = {"reward_accuracy": acc}
             if cfg.generate.provider == "world":
-                results[st.name]["reference"] = reference_accuracies(cfg, st)
+                results[st.name]["reference"] = reference_accuracies(cfg, episodes)
             (Path(cfg.output_dir) / "train" / st.name / "eval_metrics.json").write_text(
                 json.dumps(results[st.name], indent=2))
             print(f"[train] stage {st.name}: reward accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
