@@ -211,3 +211,148 @@ def collator_for(mode: str) -> Callable[[Sequence[Example], int], dict[str, torc
     elif mode == "shared_prefix":
         return collate_packed
     raise ValueError(f"unknown forward mode {mode!r}; expected one of {FORWARD_MODES}")
+
+
+# --------------------------------------------------------------------------- multi-query (tree) layout
+
+# Segment ids of the tree layout: 0 pad, 1 prefix, then three per query j:
+# 2 + 3j its question block, 3 + 3j its chosen completion, 4 + 3j its rejected completion.
+TREE_PREFIX_SEGMENT = 1
+
+
+def tree_segment(query: int, role: int) -> int:
+    """Segment id of query `query`'s block `role` (0 question, 1 chosen, 2 rejected)."""
+    return 2 + 3 * query + role
+
+
+def collate_tree(
+    examples: Sequence[Example], pad_token_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The multi-query layout: one row per support set, `prefix + Q x (question, chosen, rejected)`.
+
+    An example is `{"prefix_ids", "queries": [{"question_ids", "chosen_ids", "rejected_ids"
+    [, "ref_chosen_logps", "ref_rejected_logps"]}, ...]}`. Each query's blocks see the prefix
+    and their own question only (`tree_allowed`), and their positions restart after the prefix,
+    so every pair is scored exactly as it would be alone. Pairs are numbered example-major;
+    `chosen_pair` / `rejected_pair` hold, at each scored position, the pair whose completion
+    token the logits there predict (-1 elsewhere). Q = 1 with the question in the prefix and an
+    empty question block is the shared-prefix layout of `collate_packed`.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty list of examples")
+    for i, e in enumerate(examples):
+        if len(e["prefix_ids"]) == 0:
+            raise ValueError(f"example {i} has an empty 'prefix_ids'")
+        if not e["queries"]:
+            raise ValueError(f"example {i} has no queries")
+        for j, q in enumerate(e["queries"]):
+            if len(q["chosen_ids"]) == 0 or len(q["rejected_ids"]) == 0:
+                raise ValueError(f"example {i} query {j} has an empty completion")
+    rows = len(examples)
+    length = max(
+        len(e["prefix_ids"])
+        + sum(len(q["question_ids"]) + len(q["chosen_ids"]) + len(q["rejected_ids"]) for q in e["queries"])
+        for e in examples
+    )
+    length = _padded_length(length, pad_to_multiple_of)
+    input_ids = torch.full((rows, length), pad_token_id, dtype=torch.long)  # (B, T)
+    position_ids = torch.zeros((rows, length), dtype=torch.long)  # (B, T)
+    segment_ids = torch.full((rows, length), PAD_SEGMENT, dtype=torch.long)  # (B, T)
+    chosen_targets = torch.full((rows, length), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    rejected_targets = torch.full((rows, length), IGNORE_INDEX, dtype=torch.long)  # (B, T)
+    chosen_pair = torch.full((rows, length), -1, dtype=torch.long)  # (B, T)
+    rejected_pair = torch.full((rows, length), -1, dtype=torch.long)  # (B, T)
+    ref = {key: [] for key in REF_KEYS}
+    pair = 0
+    for row, e in enumerate(examples):
+        prefix = list(e["prefix_ids"])
+        p = len(prefix)
+        input_ids[row, :p] = torch.tensor(prefix)
+        position_ids[row, :p] = torch.arange(p)
+        segment_ids[row, :p] = TREE_PREFIX_SEGMENT
+        at = p
+        for j, q in enumerate(e["queries"]):
+            question, chosen, rejected = list(q["question_ids"]), list(q["chosen_ids"]), list(q["rejected_ids"])
+            n_q, c, r = len(question), len(chosen), len(rejected)
+            # Both completions are predicted first from the last token before them: the
+            # question's last token, or the prefix's when the question block is empty.
+            last = at + n_q - 1 if n_q else p - 1
+            if not n_q and j:
+                raise ValueError(f"example {row} query {j}: only a single query may have an empty question")
+            block = question + chosen + rejected
+            input_ids[row, at : at + len(block)] = torch.tensor(block)
+            position_ids[row, at : at + n_q + c] = torch.arange(p, p + n_q + c)
+            position_ids[row, at + n_q + c : at + n_q + c + r] = torch.arange(p + n_q, p + n_q + r)
+            segment_ids[row, at : at + n_q] = tree_segment(j, 0)
+            segment_ids[row, at + n_q : at + n_q + c] = tree_segment(j, 1)
+            segment_ids[row, at + n_q + c : at + n_q + c + r] = tree_segment(j, 2)
+            cs = at + n_q  # first chosen position
+            rs = cs + c  # first rejected position
+            chosen_targets[row, last] = chosen[0]
+            chosen_targets[row, cs : cs + c - 1] = torch.tensor(chosen[1:], dtype=torch.long)
+            chosen_pair[row, last] = pair
+            chosen_pair[row, cs : cs + c - 1] = pair
+            rejected_targets[row, last] = rejected[0]
+            rejected_targets[row, rs : rs + r - 1] = torch.tensor(rejected[1:], dtype=torch.long)
+            rejected_pair[row, last] = pair
+            rejected_pair[row, rs : rs + r - 1] = pair
+            for key in REF_KEYS:
+                if key in q:
+                    ref[key].append(float(q[key]))
+            at += len(block)
+            pair += 1
+    batch = {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "segment_ids": segment_ids,
+        "chosen_targets": chosen_targets,
+        "rejected_targets": rejected_targets,
+        "chosen_pair": chosen_pair,
+        "rejected_pair": rejected_pair,
+    }
+    for key, values in ref.items():
+        if values and len(values) != pair:
+            raise ValueError(f"some queries carry {key} and some do not; collate them apart")
+        if values:
+            batch[key] = torch.tensor(values, dtype=torch.float32)  # (P,)
+    return batch
+
+
+def tree_allowed(seg_q, seg_kv, q_idx, kv_idx):
+    """The tree layout's attention rule: causal; the prefix is seen by all; a query block sees
+    its own question and itself, never another query or its sibling completion; padding only
+    itself (no fully masked row, which would be NaN in SDPA)."""
+    causal = kv_idx <= q_idx
+    real = (seg_q != PAD_SEGMENT) & (seg_kv != PAD_SEGMENT)
+    prefix = seg_kv == TREE_PREFIX_SEGMENT
+    same_query = (seg_q >= 2) & (seg_kv >= 2) & ((seg_q - 2) // 3 == (seg_kv - 2) // 3)
+    own = same_query & ((seg_kv == seg_q) | ((seg_kv - 2) % 3 == 0))
+    padding_self = (seg_q == PAD_SEGMENT) & (kv_idx == q_idx)
+    return (causal & real & (prefix | own)) | padding_self
+
+
+def build_tree_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The dense (B, 1, T, T) mask of the tree layout: boolean (SDPA) or additive (eager)."""
+    length = segment_ids.shape[1]
+    positions = torch.arange(length, device=segment_ids.device)
+    allowed = tree_allowed(
+        segment_ids[:, :, None], segment_ids[:, None, :], positions[:, None], positions[None, :]
+    )[:, None]  # (B, 1, T, T)
+    if dtype is None:
+        return allowed
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return additive.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def build_tree_block_mask(segment_ids: torch.Tensor):
+    """The tree mask as a flex_attention BlockMask: fully masked blocks are skipped (GPU path)."""
+    if not flex_attention_available():
+        raise RuntimeError("flex_attention needs torch >= 2.5; use sdpa or eager attention")
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, length = segment_ids.shape
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return tree_allowed(segment_ids[b, q_idx], segment_ids[b, kv_idx], q_idx, kv_idx)
+
+    return create_block_mask(mask_mod, batch, None, length, length, device=segment_ids.device)

@@ -68,6 +68,12 @@ class WorldConfig(Section):
     high_spread: float = Field(
         3.0, ge=0.0, description="Sampling spread of views for plain_high_temp (a high temperature)."
     )
+    rendering: Literal["text", "compact"] = Field(
+        "text",
+        description="How rows render the world: 'text' (sentences with phrase fragments; what LLMs and the "
+        "real-model path see) or 'compact' (axis-then-value words, e.g. 'length: concise, tone: formal'; what a "
+        "tiny model trained from scratch learns FSPO's skill from in minutes). Same users, pairs and labels.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> WorldConfig:
@@ -109,6 +115,11 @@ class TinyModelConfig(Section):
         description="Text files (one sentence a line) to train the tokenizer on; empty: the world's text.",
     )
     corpus_sentences: int = Field(20000, ge=100, description="Sentences of world text when corpus_files is empty.")
+    tokenizer: Literal["bpe", "words"] = Field(
+        "bpe",
+        description="'bpe': byte-level BPE trained on the corpus (any text); 'words': one token per word of the "
+        "world's compact rendering and per header of the prompt template (world.rendering=compact).",
+    )
     vocab_size: int = Field(2048, ge=300, description="BPE vocabulary size (byte-level; >= 256 + special tokens).")
     hidden_size: int = Field(256, ge=8, description="Model width.")
     intermediate_size: int = Field(688, ge=8, description="MLP width.")
@@ -302,6 +313,16 @@ class RunConfig(Section):
         for section, name in (("model", "name_or_path"), ("tiny_model", "output")):
             sec = getattr(self, section)
             object.__setattr__(sec, name, getattr(sec, name).replace("{output_dir}", self.output_dir))
+        if self.world.rendering == "compact" and self.generate.provider != "world":
+            raise ValueError(
+                "world.rendering=compact renders the simulated world's rows; generate.provider="
+                f"{self.generate.provider!r} writes text (use world.rendering=text)"
+            )
+        if self.tiny_model.tokenizer == "words" and self.world.rendering != "compact":
+            raise ValueError(
+                "tiny_model.tokenizer=words knows only the compact rendering's words; set world.rendering=compact "
+                "or tiny_model.tokenizer=bpe"
+            )
         return self
 
 

@@ -19,6 +19,8 @@ from fspo_ray.collate import (
     IGNORE_INDEX,
     build_shared_prefix_block_mask,
     build_shared_prefix_mask,
+    build_tree_block_mask,
+    build_tree_mask,
 )
 
 # Attention implementations that take a custom 4D mask (flash-attention kernels do not).
@@ -88,8 +90,12 @@ def _scored_logps(
     model_inputs: Mapping[str, torch.Tensor],
     targets: list[torch.Tensor],
     completion_logits_only: bool,
+    groups: list[torch.Tensor] | None = None,
+    num_groups: int | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For each (N, T) next-token target tensor: (N,) summed log-probs and (N,) token counts.
+    """For each (N, T) next-token target tensor: (N,) summed log-probs and (N,) token counts;
+    with `groups` ((N, T) group id per position, one tensor per target), sums per group:
+    (num_groups,) each.
 
     One model forward serves every target tensor, and one lm_head call serves all of them;
     a position may be scored by several target tensors (the last prompt token of a packed row
@@ -107,14 +113,15 @@ def _scored_logps(
         selected = torch.cat([states[mask] for mask in scored])  # (K, H)
         logits = head(selected)  # (K, V)
 
-    num_rows = targets[0].shape[0]
+    num_rows = targets[0].shape[0] if groups is None else num_groups
     results = []
-    for mask, target, part in zip(
-        scored, targets, logits.split([int(m.sum()) for m in scored]), strict=True
+    for i, (mask, target, part) in enumerate(
+        zip(scored, targets, logits.split([int(m.sum()) for m in scored]), strict=True)
     ):
-        rows = mask.nonzero()[:, 0]
+        rows = mask.nonzero()[:, 0] if groups is None else groups[i][mask]  # (K,)
         logps = _summed_token_logps(part, target[mask], rows, num_rows)
-        results.append((logps, mask.sum(-1)))  # (N,), (N,)
+        counts = torch.bincount(rows, minlength=num_rows)
+        results.append((logps, counts))  # (N,) or (num_groups,)
     return results
 
 
@@ -182,6 +189,40 @@ def shared_prefix_forward(
         chosen_tokens=chosen_tokens,
         rejected_tokens=rejected_tokens,
     )
+
+
+def tree_attention_mask(segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype):
+    """The tree layout's mask in the form each attention implementation takes."""
+    if attn_implementation == "sdpa":
+        return build_tree_mask(segment_ids)  # (B, 1, T, T) bool
+    elif attn_implementation == "eager":
+        return build_tree_mask(segment_ids, dtype=dtype)  # (B, 1, T, T) additive
+    elif attn_implementation == "flex_attention":
+        return build_tree_block_mask(segment_ids)
+    raise ValueError(
+        f"the multi-query forward needs a 4D attention mask, which attn_implementation "
+        f"{attn_implementation!r} does not take; expected one of {MASKED_ATTENTION}"
+    )
+
+
+def tree_forward(model: nn.Module, batch: Batch, completion_logits_only: bool = True) -> ForwardOutput:
+    """Log-probs of every pair of a `collate_tree` batch: one row per support set, the prefix
+    encoded once for all of its queries. Outputs are (P,), pairs in example-major order."""
+    attention_mask = tree_attention_mask(
+        batch["segment_ids"], model.config._attn_implementation, _model_dtype(model)
+    )
+    model_inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": attention_mask,
+        "position_ids": batch["position_ids"],
+    }
+    targets = [batch["chosen_targets"], batch["rejected_targets"]]  # each (B, T)
+    pair_ids = [batch["chosen_pair"], batch["rejected_pair"]]  # each (B, T)
+    num_pairs = int(batch["chosen_pair"].max()) + 1
+    (chosen_logps, chosen_tokens), (rejected_logps, rejected_tokens) = _scored_logps(
+        model, model_inputs, targets, completion_logits_only, groups=pair_ids, num_groups=num_pairs
+    )
+    return ForwardOutput(chosen_logps, rejected_logps, chosen_tokens, rejected_tokens)
 
 
 def forward_for(mode: str) -> Callable[..., ForwardOutput]:

@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = {"bos": "<|begin_of_text|>", "eos": "<|end_of_text|>", "pad": "<|pad|>"}
 CHAT_TURN_START, CHAT_TURN_END = "<|start_header_id|>", "<|eot_id|>"
 CHAT_HEADER_END = "<|end_header_id|>"
+UNK_TOKEN = "<|unk|>"
 # A Llama-3-style chat template for the tiny model, so the chat rendering path is exercised.
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -56,6 +57,47 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     )
     fast.chat_template = TINY_CHAT_TEMPLATE
     return fast
+
+
+def train_word_tokenizer(words: Iterable[str], template_pieces: Iterable[str], max_index: int = 64):
+    """A word-level tokenizer for the world's compact rendering: one token per word, one per
+    header of the prompt template (so `## Preferred Response` is a single segment token), and
+    one per example index 1..max_index. Punctuation of the compact rendering (`:` and `,`) is
+    dropped; unknown words map to `<|unk|>`. Wrapped as a PreTrainedTokenizerFast with the same
+    special tokens and chat template as the BPE tokenizer, so every stage loads it the same way.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from fspo_ray.world.rendering import COMPACT_PUNCTUATION
+
+    specials = [*SPECIAL_TOKENS.values(), CHAT_TURN_START, CHAT_HEADER_END, CHAT_TURN_END, UNK_TOKEN]
+    plain = list(dict.fromkeys([*words, *(str(i) for i in range(1, max_index + 1)), "user", "assistant", "system"]))
+    vocab = {t: i for i, t in enumerate(specials + plain)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    tok.normalizer = normalizers.Replace(Regex(f"[{COMPACT_PUNCTUATION}]"), " ")
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Headers match on the raw text before normalization, longest first.
+    pieces = sorted({p.strip() for p in template_pieces if p.strip()}, key=len, reverse=True)
+    tok.add_tokens([AddedToken(p, normalized=False, single_word=False) for p in pieces])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=SPECIAL_TOKENS["bos"],
+        eos_token=SPECIAL_TOKENS["eos"],
+        pad_token=SPECIAL_TOKENS["pad"],
+        unk_token=UNK_TOKEN,
+        additional_special_tokens=[CHAT_TURN_START, CHAT_HEADER_END, CHAT_TURN_END],
+    )
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    return fast
+
+
+def template_pieces() -> list[str]:
+    """The fixed strings of the FSPO prompt template (fspo_ray.episodes), one token each."""
+    from fspo_ray import episodes as ep
+
+    return [ep.TASK_LINE, ep.DESCRIBE_TASK_LINE, ep.RESPONSE_HEADER, ep.DESCRIPTION_HEADER,
+            "# Example", "## Question", "## Dispreferred Response"]
 
 
 def build_tiny_model(tokenizer, *, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int,
@@ -186,7 +228,12 @@ def corpus_texts(cfg) -> list[str]:
 def build_tiny_from_config(cfg) -> Path:
     """Train the tokenizer on the corpus, build the model from `cfg.tiny_model`, save both."""
     t = cfg.tiny_model
-    tokenizer = train_tokenizer(corpus_texts(cfg), t.vocab_size)
+    if t.tokenizer == "words":
+        from fspo_ray.world.rendering import COMPACT_WORDS
+
+        tokenizer = train_word_tokenizer(COMPACT_WORDS, template_pieces())
+    else:
+        tokenizer = train_tokenizer(corpus_texts(cfg), t.vocab_size)
     model = build_tiny_model(
         tokenizer,
         hidden_size=t.hidden_size,

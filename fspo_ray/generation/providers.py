@@ -108,7 +108,7 @@ class BaseProvider:
                     "user_id": p.user_id,
                     "split": p.split,
                     "domain": p.domain,
-                    "description": p.description,
+                    "description": self.world.describe(p),
                     "profile": p.profile,
                 }
             )
@@ -129,13 +129,13 @@ class BaseProvider:
             q = self.world.sample_question(self.world.user(user["user_id"]), rng)
         else:
             q = rng.choice(self.world.questions(user["domain"]))
-        return q.question_id, q.text
+        return q.question_id, self.world.question_text(q)
 
     def questions_of_domain(self, domain: str) -> list[tuple[str, str]]:
         file_qs = self.file_questions()
         if file_qs is not None:
             return [(q["question_id"], q["question"]) for q in file_qs.get(domain, [])]
-        return [(q.question_id, q.text) for q in self.world.questions(domain)]
+        return [(q.question_id, self.world.question_text(q)) for q in self.world.questions(domain)]
 
 
 class WorldProvider(BaseProvider):
@@ -230,9 +230,8 @@ class WorldRefiner:
     def initial_state(self, user: dict):
         return self.world.user(user["user_id"])
 
-    @staticmethod
-    def description(state) -> str:
-        return state.description
+    def description(self, state) -> str:
+        return self.world.describe(state)
 
     @staticmethod
     def profile(state) -> dict | None:

@@ -1,6 +1,7 @@
 """Read any text back into axis values: the world's ground truth for judging.
 
-One compiled regex finds every fragment in the lower-cased text, words separated by any
+Both renderings read the same (fspo_ray.world.rendering): compact "axis: value" items count
+as one fragment each. One compiled regex finds every fragment in the lower-cased text, words separated by any
 run of non-alphanumerics, so case and punctuation do not matter ("Step-by-step!" reads as
 "step by step"). The alternation is grouped by first word (a trie of depth one), which keeps
 a 30-word response at about ten microseconds; results are cached per text.
@@ -44,14 +45,38 @@ def _build() -> tuple[dict[str, tuple[str, str]], re.Pattern[str]]:
 
 _CANON, _PATTERN = _build()
 
+# The compact rendering (fspo_ray.world.rendering): "length: concise, tone: formal"; the colon
+# is optional, because a word-level tokenizer drops it and a model's decoded output lacks it.
+_COMPACT = re.compile(
+    r"(?<![a-z0-9-])("
+    + "|".join(sorted(AXES, key=len, reverse=True))
+    + r")\s*:?\s+("
+    + "|".join(re.escape(v) for v in sorted({v for vs in AXES.values() for v in vs}, key=len, reverse=True))
+    + r")(?![a-z0-9-])"
+)
+
+
+def read_compact(text: str) -> dict[str, str]:
+    """{axis: value} of the compact rendering's "axis: value" items (a value must belong to
+    its axis; the last item of an axis wins). Text-rendered sentences read as {}."""
+    out: dict[str, str] = {}
+    for axis, value in _COMPACT.findall(text.lower()):
+        if value in AXES[axis]:
+            out[axis] = value
+    return out
+
 
 @lru_cache(maxsize=1 << 16)
 def _scan(text: str) -> tuple[dict[tuple[str, str], int], dict[str, str]]:
     # (fragment counts per (axis, value), reading {axis: value}); cached, never mutated.
     counts: dict[tuple[str, str], int] = {}
-    for match in _PATTERN.findall(text.lower()):
+    lower = text.lower()
+    for match in _PATTERN.findall(lower):
         key = _CANON.get(match) or _CANON[" ".join(_WORD.findall(match))]
         counts[key] = counts.get(key, 0) + 1
+    for axis, value in _COMPACT.findall(lower):  # the compact rendering's "axis: value" items
+        if value in AXES[axis]:
+            counts[(axis, value)] = counts.get((axis, value), 0) + 1
     best: dict[str, tuple[int, str | None]] = {}
     for (axis, value), count in counts.items():
         top = best.get(axis)

@@ -18,6 +18,13 @@ from functools import lru_cache
 from fspo_ray.world.axes import AXES
 from fspo_ray.world.judge import decides, judge, refine, score
 from fspo_ray.world.persona import Persona
+from fspo_ray.world.rendering import (
+    check_rendering,
+    compact_description,
+    compact_question,
+    compact_response,
+    parse_compact_question,
+)
 from fspo_ray.world.questions import (
     DOMAINS,
     Question,
@@ -59,8 +66,10 @@ class WorldParams:
     on_persona_rate: float = 0.85  # share of pairs on questions touching a determined axis
     judge_position_bias: float = 0.0
     judge_noise: float = 0.0
+    rendering: str = "text"  # "text" (phrases, for LLMs) or "compact" (axis-then-value, tiny models)
 
     def __post_init__(self) -> None:
+        check_rendering(self.rendering)
         object.__setattr__(self, "domains", tuple(self.domains))
         if not self.domains:
             raise ValueError("domains: need at least one domain")
@@ -192,7 +201,41 @@ class World:
             steer_rate=p.steer_rate,
         )
 
-    respond = staticmethod(respond)
+    # --- rendering: the same objects as rich text or compact words (world.rendering) ------
+
+    def question_text(self, question: Question) -> str:
+        """The question as this world renders it."""
+        if self.params.rendering == "compact":
+            return compact_question(question)
+        return question.text
+
+    def respond(self, question: Question, view: dict, generator: str, rng: random.Random) -> str:
+        """A response revealing `view`, in this world's rendering. The compact rendering draws
+        the same random numbers as the text one, so both renderings hold the very same pairs."""
+        text = respond(question, view, generator, rng)
+        if self.params.rendering == "compact":
+            return compact_response(question, view)
+        return text
+
+    def describe(self, persona: Persona) -> str:
+        """The persona's user description, in this world's rendering."""
+        if self.params.rendering == "compact":
+            return compact_description(persona.values)
+        return persona.description
+
+    def find_question(self, text: str) -> Question | None:
+        """The question of this world whose text (either rendering) is `text`, or None.
+        A compact text names only domain and axes, so it maps to the first such question."""
+        text = text.strip()
+        compact = parse_compact_question(text)
+        for domain in self.params.domains:
+            if compact is not None and compact[0] != domain:
+                continue
+            for q in self.questions(domain):
+                if q.text == text or (compact is not None and q.relevant_axes == compact[1]):
+                    return q
+        return None
+
     score = staticmethod(score)
     decides = staticmethod(decides)
     refine = staticmethod(refine)
@@ -251,7 +294,7 @@ class World:
             raise RuntimeError(f"could not draw {n_pairs} labelled pairs for {user_id!r}")
         profile = persona.profile
         for r in rows:
-            r["user_description"] = persona.description
+            r["user_description"] = self.describe(persona)
             r["user_profile"] = profile
         return rows, persona
 
@@ -260,8 +303,8 @@ class World:
     ) -> tuple[dict | None, Persona]:
         q = self.sample_question(persona, rng)
         (view_a, gen_a), (view_b, gen_b) = self.sample_views(q, strategy, 2, rng)
-        text_a = respond(q, view_a, gen_a, rng)
-        text_b = respond(q, view_b, gen_b, rng)
+        text_a = self.respond(q, view_a, gen_a, rng)
+        text_b = self.respond(q, view_b, gen_b, rng)
         sa, sb = score(persona, q, text_a), score(persona, q, text_b)
         refined = sa == sb
         if refined:
@@ -285,7 +328,7 @@ class World:
             "split": persona.split,
             "domain": q.domain,
             "question_id": q.question_id,
-            "question": q.text,
+            "question": self.question_text(q),
             "chosen": text_a,
             "rejected": text_b,
             "view_chosen": view_a,
@@ -350,6 +393,7 @@ def world_from_config(cfg) -> World:
         "on_persona_rate": "on_persona_rate",
         "judge_position_bias": "judge_position_bias",
         "judge_noise": "judge_noise",
+        "rendering": "rendering",
     }
     kwargs = {param: getattr(cfg, key) for key, param in names.items() if hasattr(cfg, key)}
     return get_world(WorldParams(**kwargs))
