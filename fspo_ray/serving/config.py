@@ -55,6 +55,14 @@ class DeploymentOptions(Section):
     health_check_timeout_s: float = Field(30.0, gt=0.0, description="A check_health slower than this fails.")
     graceful_shutdown_timeout_s: float = Field(10.0, ge=0.0, description="Wait for in-flight requests on shutdown.")
     env_vars: dict[str, str] = Field(default_factory=dict, description="Environment variables of each replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each replica asks for, e.g. {group_gpu_serve: 0.01} "
+        "to keep it on the node group that advertises it (cluster/ gives every group one)."
+    )
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, le=100, description="At most this many replicas on one node (1: a lost node takes one replica "
+        "of this deployment with it). Unset: no limit."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentOptions:
@@ -67,7 +75,11 @@ class DeploymentOptions(Section):
         actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
         if self.env_vars:
             actor["runtime_env"] = {"env_vars": dict(self.env_vars)}
+        if self.resources:
+            actor["resources"] = dict(self.resources)
+        placement = {} if self.max_replicas_per_node is None else {"max_replicas_per_node": self.max_replicas_per_node}
         return dict(
+            **placement,
             name=name,
             ray_actor_options=actor,
             max_ongoing_requests=self.max_ongoing_requests,
@@ -132,20 +144,41 @@ class CacheConfig(Section):
 class StoreConfig(Section):
     """Per-user profile store (preferences from feedback)."""
 
-    kind: Literal["sqlite", "memory", "custom"] = Field(
-        "sqlite", description="'sqlite': a file on `path` (survives replica restarts; one node); 'memory': per "
-        "replica, lost on restart (tests); 'custom': `class_path`, e.g. an external store on a cluster."
+    kind: Literal["sqlite", "postgres", "memory", "custom"] = Field(
+        "sqlite", description="'sqlite': a file on `path` (survives replica restarts; one node, one writer); "
+        "'postgres': a PostgreSQL server at `path` that every replica on every node shares (survives a lost "
+        "node); 'memory': per replica, lost on restart (tests); 'custom': `class_path`."
     )
-    path: str = Field("{output_dir}/serve/profiles.sqlite3", description="sqlite: the database file.")
+    path: str = Field(
+        "{output_dir}/serve/profiles.sqlite3",
+        description="sqlite: the database file. postgres: a libpq connection string or URI without a password, "
+        "e.g. 'postgresql://fspo@db.internal:5432/fspo' (libpq reads the password from PGPASSWORD or ~/.pgpass).",
+    )
     class_path: str | None = Field(None, description="custom: 'package.module:Class', built as Class(path).")
 
     @model_validator(mode="after")
     def _check(self) -> StoreConfig:
+        if self.kind == "postgres":
+            if self.path.endswith(".sqlite3") or not ("://" in self.path or "=" in self.path):
+                raise ValueError(f"kind 'postgres' needs path as a connection string, e.g. "
+                                 f"'postgresql://fspo@db.internal:5432/fspo' (got {self.path!r})")
+            if _has_password(self.path):
+                raise ValueError("path: a postgres connection string must not hold the password (it would sit in "
+                                 "the Serve config); set PGPASSWORD in the replicas' environment or use ~/.pgpass")
         if self.kind == "custom" and (not self.class_path or ":" not in self.class_path):
             raise ValueError("kind 'custom' needs class_path as 'package.module:Class'")
         if self.kind != "custom" and self.class_path is not None:
             raise ValueError(f"class_path applies to kind 'custom' only, not {self.kind!r}")
         return self
+
+
+def _has_password(dsn: str) -> bool:
+    if "://" in dsn:
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(dsn)
+        return parts.password is not None or "password" in parse_qs(parts.query)
+    return any(kv.split("=", 1)[0].strip() == "password" for kv in dsn.split())
 
 
 class AuthConfig(Section):

@@ -1,7 +1,7 @@
 """Per-user profile store: preferences added from feedback, used when a request sends none.
 
-A small interface with an embedded SQLite default (a file that outlives replica restarts);
-on a multi-node cluster, swap in an external store with `store.kind: custom`.
+A small interface with an embedded SQLite default (a file that outlives replica restarts, on
+one node); on a multi-node cluster, `store.kind: postgres` (store_postgres.py) or `custom`.
 Deletion really deletes: SQLite's secure_delete zeroes freed pages and the WAL is truncated.
 """
 
@@ -177,6 +177,10 @@ def make_store(kind: str, path: str, class_path: str | None = None) -> ProfileSt
         return SQLiteProfileStore(path)
     elif kind == "memory":
         return InMemoryProfileStore()
+    elif kind == "postgres":
+        from fspo_ray.serving.store_postgres import PostgresProfileStore
+
+        return PostgresProfileStore(path)
     elif kind == "custom":
         module, _, attr = (class_path or "").partition(":")
         try:
@@ -184,4 +188,4 @@ def make_store(kind: str, path: str, class_path: str | None = None) -> ProfileSt
         except (ImportError, AttributeError) as e:
             raise FspoError(f"store.class_path: cannot import {class_path!r}: {e}") from None
         return cls(path)
-    raise ValueError(f"unknown store kind {kind!r}; expected one of ('sqlite', 'memory', 'custom')")
+    raise ValueError(f"unknown store kind {kind!r}; expected one of ('sqlite', 'postgres', 'memory', 'custom')")

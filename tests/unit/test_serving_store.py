@@ -74,5 +74,5 @@ def test_make_store_errors(tmp_path):
         make_store("custom", "x", "nope.mod:Store")
     custom = make_store("custom", "ignored", "fspo_ray.serving.store:InMemoryProfileStore")
     assert isinstance(custom, InMemoryProfileStore)
-    with pytest.raises(ValueError, match=r"unknown store kind 'redis'; expected one of \('sqlite', 'memory', 'custom'\)"):
+    with pytest.raises(ValueError, match=r"unknown store kind 'redis'; expected one of \('sqlite', 'postgres', 'memory', 'custom'\)"):
         make_store("redis", "x")
