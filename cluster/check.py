@@ -250,6 +250,19 @@ def _ray_resources(group: dict) -> dict:
     return res
 
 
+def group_resource(group: str) -> str:
+    """The custom resource every node of a worker group advertises; placement asks for a sliver of it."""
+    return "group_" + group.replace("-", "_")
+
+
+def check_group_resource(group: str, resources: dict, where: str) -> list[str]:
+    want = group_resource(group)
+    if resources.get(want) != 1:
+        return [f"{where}: resources lack {want}: 1 (every worker group advertises group_<name>, so work and the "
+                f"autoscaler can target it; tests/ray/test_multinode.py places work by it)"]
+    return []
+
+
 def kuberay_groups(cluster: dict) -> tuple[list[Group], list[str]]:
     autoscaling = cluster.get("enableInTreeAutoscaling", False)
     groups, problems = [], []
@@ -261,6 +274,8 @@ def kuberay_groups(cluster: dict) -> tuple[list[Group], list[str]]:
         if "num-gpus" in start and int(start["num-gpus"]) != gpus:
             problems.append(f"workerGroupSpecs[{g['groupName']}]: rayStartParams num-gpus {start['num-gpus']} "
                             f"but the container's nvidia.com/gpu limit is {gpus}")
+        problems += check_group_resource(g["groupName"], _ray_resources(g),
+                                         f"workerGroupSpecs[{g['groupName']}].rayStartParams")
         nodes = max(g.get("replicas", 0), g["maxReplicas"]) if autoscaling else g.get("replicas", 0)
         accels = frozenset(k.split(":", 1)[1] for k in _ray_resources(g) if k.startswith("accelerator_type:"))
         groups.append(Group(g["groupName"], gpus, nodes, accels))
@@ -460,6 +475,7 @@ def check_launcher(path: Path, doc: dict) -> list[str]:
         if t.get("min_workers", 0) > t.get("max_workers", 0):
             problems.append(f"available_node_types.{name}: min_workers {t['min_workers']} > max_workers {t['max_workers']}")
         if name != head:
+            problems += check_group_resource(name, res, f"available_node_types.{name}")
             accels = frozenset(k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:"))
             groups.append(Group(name, res.get("GPU", 0), t.get("max_workers", 0), accels))
     if not any(g.gpus for g in groups):

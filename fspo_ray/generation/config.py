@@ -42,6 +42,11 @@ class TaskStageConfig(_Section):
     batch_size: int | None = Field(
         None, ge=1, description="Rows per batch in the unfused graph (unset: whole blocks)."
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each task asks for, e.g. {group_cpu: 0.01} to keep the CPU "
+        "stages on the node group that advertises it (cluster/ gives every group one).",
+    )
 
 
 class LLMModelConfig(_Section):

@@ -140,6 +140,8 @@ class Graph:
         DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
         t = cfg.generate.tasks
         self.task_args = {"num_cpus": t.num_cpus, "batch_format": "pyarrow", "batch_size": t.batch_size}
+        if t.resources:
+            self.task_args["resources"] = dict(t.resources)
         if t.concurrency:
             import ray.data
 
@@ -276,9 +278,13 @@ class RefineCommit:
 
 
 def _commit(provider, shard: dict, result, timing: tuple[float, float], judge_calls: int = 0) -> pa.Table:
+    import ray
+
     stats = result.stats()
     stats["seconds"], stats["cpu_seconds"] = timing  # wall and this process's CPU time
     stats["judge_calls_refine"] = judge_calls
+    # Which node computed it (operators, multi-node tests); never starts Ray outside a worker.
+    stats["node_id"] = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
     stats["rows_per_domain"] = _count(result.rows, "domain")
     stats["users_with_rows"] = len({r["user_id"] for r in result.rows})
     store = ShardStore(Path(provider.cfg.output_dir) / "prefs")
@@ -293,6 +299,16 @@ def _count(rows: list[dict], name: str) -> dict[str, int]:
     return out
 
 
+def _already_committed(provider, shard: dict) -> pa.Table | None:
+    """The summary of a shard this plan already committed, or None. A task Ray runs again after
+    its node died (a retry, or lineage reconstruction of an output lost with the node) then
+    returns the committed manifest instead of recomputing the shard."""
+    m = ShardStore(Path(provider.cfg.output_dir) / "prefs").committed_one(shard["shard_id"])
+    if m is None or (m["start"], m["count"]) != (shard["start"], shard["count"]):
+        return None
+    return pa.table({"shard_id": [shard["shard_id"]], "manifest": [json.dumps(m)]}, schema=SUMMARY_SCHEMA)
+
+
 def world_shard_task(cfg_json: str):
     """The fused world path: every stage of each shard in this task, then its commit."""
 
@@ -301,6 +317,10 @@ def world_shard_task(cfg_json: str):
         refiner = provider.open_refiner()
         out = []
         for shard in table.to_pylist():
+            done = _already_committed(provider, shard)
+            if done is not None:
+                out.append(done)
+                continue
             t0, c0 = time.perf_counter(), time.process_time()
             result = run_shard_in_process(
                 shard, provider, refiner, entropy_repeats=provider.cfg.generate.report.entropy_repeats
@@ -410,6 +430,8 @@ def _datasets(cfg, provider, pending: list[Shard]):
     if provider.kind == "world" and g.fused:
         ds = ray.data.from_items([s.as_row() for s in pending], override_num_blocks=len(pending))
         args = {"num_cpus": g.tasks.num_cpus, "batch_format": "pyarrow", "batch_size": None}
+        if g.tasks.resources:
+            args["resources"] = dict(g.tasks.resources)
         if g.tasks.concurrency:
             args["compute"] = ray.data.TaskPoolStrategy(size=g.tasks.concurrency)
         yield ds.map_batches(world_shard_task(cfg.model_dump_json()), **args)

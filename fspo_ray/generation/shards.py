@@ -105,6 +105,14 @@ class ShardStore:
                 out[m["shard_id"]] = m
         return out
 
+    def committed_one(self, shard_id: str) -> dict | None:
+        """The manifest of one committed shard whose file exists, or None."""
+        try:
+            m = json.loads((self.manifests / f"{shard_id}.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return m if (self.root / m["file"]).exists() else None
+
     def forget(self, shard_id: str) -> None:
         """Remove a shard that is no longer in the plan (its file, then its manifest)."""
         m_path = self.manifests / f"{shard_id}.json"

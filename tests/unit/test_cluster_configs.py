@@ -80,7 +80,7 @@ def test_launcher_config_validates_against_rays_schema():
     assert full["idle_timeout_minutes"] == 10
     for name in ("gpu_generate", "gpu_train"):
         t = types[name]
-        assert t["resources"] == {"CPU": 192, "GPU": 8, "accelerator_type:H100": 1}
+        assert t["resources"] == {"CPU": 192, "GPU": 8, "accelerator_type:H100": 1, f"group_{name}": 1}
         assert t["node_config"]["InstanceType"] == "p5.48xlarge" and t["min_workers"] == 0
     assert (types["gpu_generate"]["max_workers"], types["gpu_train"]["max_workers"]) == (4, 1)
     assert types["gpu_generate"]["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot"  # resumable work
@@ -124,6 +124,8 @@ def test_raycluster_is_what_the_ray_autoscaler_reads():
         assert types[group]["resources"]["GPU"] == 8
         assert types[group]["resources"]["accelerator_type:H100"] == 1  # scale from zero for H100 demands
         assert types[group]["min_workers"] == 0
+    for group in ("cpu", "gpu-generate", "gpu-train"):  # what work and the autoscaler target a group by
+        assert types[group]["resources"]["group_" + group.replace("-", "_")] == 1
     assert (types["gpu-generate"]["max_workers"], types["gpu-train"]["max_workers"], types["cpu"]["max_workers"]) == (4, 1, 6)
     assert auto["idle_timeout_minutes"] == 10
 
@@ -418,6 +420,12 @@ BROKEN = {
         _launcher(lambda d: d["head_start_ray_commands"].__setitem__(
             -1, d["head_start_ray_commands"][-1].replace("127.0.0.1", "0.0.0.0"))),
         r"head_start_ray_commands: the dashboard \(Jobs API\) listens on every interface"),
+    "launcher: group without its resource": (
+        _launcher(lambda d: d["available_node_types"]["gpu_generate"]["resources"].pop("group_gpu_generate")),
+        r"available_node_types\.gpu_generate: resources lack group_gpu_generate: 1"),
+    "group without its resource": (
+        _mutate_job("raycluster.yaml", lambda d: d["spec"]["workerGroupSpecs"][0].update(rayStartParams={})),
+        r"spec\.workerGroupSpecs\[cpu\]\.rayStartParams: resources lack group_cpu: 1"),
     "launcher: no idle timeout": (
         _launcher(lambda d: d.pop("idle_timeout_minutes")),
         r"idle_timeout_minutes: not set"),
