@@ -91,7 +91,8 @@ def gpu_pools(stage: str, cfg) -> list[Pool]:
             pools.append(Pool("generate.report.embedder", math.ceil(emb.num_gpus), 1))
     elif stage == "train" and cfg.train.use_gpu:
         t = cfg.train
-        pools += [Pool("train.num_workers", 1, t.num_workers, workers=True), Pool("train.ref_concurrency", 1, t.ref_concurrency)]
+        # One worker group runs every stage, its reference and scoring passes included.
+        pools += [Pool("train.num_workers", 1, t.num_workers, workers=True)]
     elif stage == "evaluate":
         ev = cfg.evaluate
         names = ev.only or list(ev.methods)

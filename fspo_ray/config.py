@@ -154,7 +154,10 @@ class EpisodeConfig(Section):
     template: Literal["markdown", "chat"] = Field(
         "markdown", description="'markdown': the official FSPO template; 'chat': the tokenizer's chat template."
     )
-    rat: bool = Field(False, description="Add the '## User Description' block (RAT) before the response.")
+    queries_per_episode: int = Field(
+        1, ge=1, description="Held-out pairs scored against one encoded support set (the N shots): 1 is the official "
+        "episode; Q > 1 encodes the shots once for Q pairs of the same user (same objective, fewer prompt tokens)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EpisodeConfig:
@@ -233,22 +236,23 @@ class TrainConfig(Section):
     use_gpu: bool = Field(False, description="One GPU per worker, bf16; else CPU with gloo and fp32.")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs each worker asks Ray for.")
     zero_stage: int = Field(2, description="DeepSpeed ZeRO stage: 2 or 3.")
-    global_batch_size: int = Field(32, ge=1, description="Pairs per optimizer step, over all workers.")
-    micro_batch_size: int = Field(4, ge=1, description="Pairs per forward/backward on one worker.")
-    forward: Literal["shared_prefix", "concatenated"] = Field(
-        "shared_prefix", description="'shared_prefix': prompt once per pair (packed, block mask); 'concatenated': two rows."
+    global_batch_size: int = Field(
+        32, ge=1, description="Episodes per optimizer step over all workers; each scores up to "
+        "episodes.queries_per_episode held-out pairs against its shots."
     )
+    micro_batch_size: int = Field(4, ge=1, description="Episodes per forward/backward on one worker.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     lora_rank: int = Field(0, ge=0, description="LoRA rank through peft; 0 trains all weights.")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
     checkpoint_every: int = Field(50, ge=1, description="Save a DeepSpeed checkpoint and report it every K steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints Ray Train keeps per stage.")
     max_failures: int = Field(2, ge=0, description="Worker-group restarts Ray Train allows (FailureConfig).")
-    ref_batch_size: int = Field(16, ge=1, description="Episodes per batch in the reference log-prob pass.")
-    ref_concurrency: int = Field(2, ge=1, description="Actors in the reference log-prob pass.")
-    ref_cpus: float = Field(1.0, gt=0.0, description="CPUs per reference log-prob actor.")
     eval_users_per_split: int = Field(
-        100, ge=1, description="Users per split scored for reward accuracy after a preference stage."
+        100, ge=1, description="Users per split scored for reward accuracy after a preference stage (the first by id)."
+    )
+    curve_every: int = Field(
+        0, ge=0, description="Preference stages: score held-out users' reward accuracy every K optimizer steps, "
+        "for the learning curve (plots/learning_curve.png); 0 scores only at the end."
     )
     tensorboard: bool = Field(True, description="Write TensorBoard events (when tensorboard is installed).")
     mlflow: bool = Field(False, description="Log to MLflow (when installed; MLFLOW_TRACKING_URI applies).")

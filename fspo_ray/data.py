@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fspo_ray.episodes import Preference
 from fspo_ray.errors import FspoError
 
 logger = logging.getLogger(__name__)
@@ -182,15 +183,27 @@ def read_preferences(path: str | Path, *, splits: Iterable[str] | None = None) -
     return table
 
 
-def group_by_user(table: pa.Table) -> dict[str, list[dict]]:
-    """user_id -> that user's rows, in file order (deterministic)."""
-    users: dict[str, list[dict]] = {}
-    for row in table.to_pylist():
-        users.setdefault(row["user_id"], []).append(row)
-    return users
+@dataclass(frozen=True)
+class UserData:
+    """One split's preferences per user (file order) and gold descriptions, as training and the
+    world's reference predictors read them."""
+
+    prefs: dict[str, list[Preference]]
+    descriptions: dict[str, str]
 
 
-def profile_of(row: Mapping) -> dict[str, str] | None:
-    """The gold persona {axis: value} stored with a row, or None for non-world data."""
-    raw = row.get("user_profile")
-    return json.loads(raw) if raw else None
+def load_users(path: str | Path, split: str, max_users: int | None = None) -> UserData:
+    """The users of `split` under a preference directory; `max_users`: the first by user id."""
+    table = read_preferences(path, splits=[split])
+    cols = {c: table.column(c).to_pylist() for c in ("user_id", "question", "chosen", "rejected", "user_description")}
+    prefs: dict[str, list[Preference]] = {}
+    descriptions: dict[str, str] = {}
+    for u, q, c, r, d in zip(*cols.values(), strict=True):
+        prefs.setdefault(u, []).append(Preference(q, c, r))
+        if d:
+            descriptions[u] = d
+    if max_users is not None:
+        keep = sorted(prefs)[:max_users]
+        prefs = {u: prefs[u] for u in keep}
+        descriptions = {u: d for u, d in descriptions.items() if u in prefs}
+    return UserData(prefs, descriptions)

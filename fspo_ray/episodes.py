@@ -36,13 +36,28 @@ class Preference:
 
 @dataclass(frozen=True)
 class Episode:
-    """One task instance for one user: shots in the prompt, a held-out pair to score."""
+    """One task instance for one user: a support set (N shots in the prompt) and a query set
+    (held-out pairs of the same user, disjoint from the shots), each query scored against the
+    same shots. The official recipe has one query; several share one encoded prefix."""
 
     user_id: str
     shots: tuple[Preference, ...]
-    held_out: Preference
+    queries: tuple[Preference, ...]
     user_description: str | None = None
     domain: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.queries, Preference):  # Episode(u, shots, one_pair): the official episode
+            object.__setattr__(self, "queries", (self.queries,))
+        if not self.queries:
+            raise EpisodeError(f"episode of user {self.user_id!r} has no held-out pair")
+
+    @property
+    def held_out(self) -> Preference:
+        """The held-out pair of a single-query episode."""
+        if len(self.queries) != 1:
+            raise EpisodeError(f"episode of user {self.user_id!r} has {len(self.queries)} queries; use .queries")
+        return self.queries[0]
 
 
 @dataclass
@@ -83,16 +98,22 @@ def build_episodes(
     seed: int,
     epoch: int = 0,
     repeats: int = 1,
+    queries_per_episode: int = 1,
     descriptions: Mapping[str, str] | None = None,
     domains: Mapping[str, str] | None = None,
 ) -> tuple[list[Episode], EpisodeStats]:
-    """Every pair of every user is held out `repeats` times per epoch, each time with shots
-    sampled (without replacement) from that user's other pairs.
+    """Every pair of every user is a query exactly `repeats` times per epoch, each time with
+    shots sampled (without replacement) from that user's other pairs.
 
-    Unlike the official code's N+2 window, no pair is wasted: a user with P pairs gives P
-    episodes per repeat. Users with fewer than N+1 pairs use P-1 shots, down to `min_shots`;
-    users below that are skipped and counted.
+    With one query per episode (the official recipe) a user with P pairs gives P episodes per
+    repeat; unlike the official code's N+2 window, no pair is wasted. With Q > 1 the user's
+    pairs are shuffled and cut into query sets of up to Q, each with its own N shots from the
+    pairs outside it; a user with too few pairs for Q queries plus N shots gets smaller query
+    sets, never a duplicated query. Users with fewer than N+1 pairs use P-1 shots, down to
+    `min_shots`; users below that are skipped and counted. Deterministic per (seed, epoch, user).
     """
+    if queries_per_episode < 1:
+        raise EpisodeError(f"queries_per_episode must be >= 1, got {queries_per_episode}")
     check_shot_counts({u: len(p) for u, p in users.items()}, num_shots, min_shots)
     stats = EpisodeStats()
     episodes: list[Episode] = []
@@ -104,19 +125,20 @@ def build_episodes(
             continue
         stats.users += 1
         rng = _rng(seed, epoch, user_id)
+        extra = {"user_description": (descriptions or {}).get(user_id), "domain": (domains or {}).get(user_id)}
         for _ in range(repeats):
-            for i, held_out in enumerate(prefs):
-                others = prefs[:i] + prefs[i + 1 :]
+            if queries_per_episode == 1:
+                groups = [[i] for i in range(len(prefs))]
+            else:
+                order = list(range(len(prefs)))
+                rng.shuffle(order)
+                size = max(1, min(queries_per_episode, len(prefs) - k))  # shots stay disjoint from queries
+                groups = [order[i : i + size] for i in range(0, len(order), size)]
+            for group in groups:
+                members = set(group)
+                others = [p for i, p in enumerate(prefs) if i not in members]
                 shots = tuple(rng.sample(others, k))
-                episodes.append(
-                    Episode(
-                        user_id=user_id,
-                        shots=shots,
-                        held_out=held_out,
-                        user_description=(descriptions or {}).get(user_id),
-                        domain=(domains or {}).get(user_id),
-                    )
-                )
+                episodes.append(Episode(user_id, shots, tuple(prefs[i] for i in group), **extra))
     _rng(seed, epoch, "order").shuffle(episodes)
     stats.episodes = len(episodes)
     return episodes, stats
@@ -136,9 +158,15 @@ def render_shot(index: int, shot: Preference) -> str:
     )
 
 
-def render_query(question: str, user_description: str | None = None) -> str:
-    """The task block after the shots; with RAT, the user description follows the question."""
-    text = TASK_LINE + f"## Question \n{question}\n"
+def render_query(question: str) -> str:
+    """The task block after the shots (and the RAT description): the question to answer."""
+    return TASK_LINE + f"## Question \n{question}\n"
+
+
+def render_prefix(shots: Sequence[Preference], user_description: str | None = None) -> str:
+    """Everything before the question: N examples, then (RAT) the user description, so one
+    encoded prefix serves every question of the user (multi-query episodes, serving)."""
+    text = "".join(render_shot(i + 1, s) for i, s in enumerate(shots))
     if user_description is not None:
         text += DESCRIPTION_HEADER + f"{user_description}\n"
     return text
@@ -147,13 +175,13 @@ def render_query(question: str, user_description: str | None = None) -> str:
 def render_prompt(
     shots: Sequence[Preference], question: str, user_description: str | None = None
 ) -> str:
-    """The official markdown prompt: N examples, then the task and the question."""
-    return "".join(render_shot(i + 1, s) for i, s in enumerate(shots)) + render_query(question, user_description)
+    """The official markdown prompt: N examples, (RAT: the user description,) the task and the question."""
+    return render_prefix(shots, user_description) + render_query(question)
 
 
 def render_describe_prompt(shots: Sequence[Preference]) -> str:
     """RAT stage 1: the shots, then a request to write the user description."""
-    return "".join(render_shot(i + 1, s) for i, s in enumerate(shots)) + DESCRIBE_TASK_LINE + DESCRIPTION_HEADER
+    return render_prefix(shots) + DESCRIBE_TASK_LINE + DESCRIPTION_HEADER
 
 
 def render_completion(response: str, eos_token: str) -> str:
@@ -177,11 +205,45 @@ def apply_chat(prompt: str, apply_chat_template: Callable[..., str]) -> str:
 
 
 @dataclass(frozen=True)
-class EncodedEpisode:
-    prompt_ids: list[int]
+class EncodedQuery:
+    question_ids: list[int]  # the task block (question) after the prefix; may be empty for one query
     chosen_ids: list[int]
     rejected_ids: list[int]
+
+
+@dataclass(frozen=True)
+class EncodedEpisode:
+    """Token ids of an episode: the prefix once, then each query's question and completions."""
+
+    prefix_ids: list[int]
+    queries: tuple[EncodedQuery, ...]
     num_shots: int  # shots kept after truncation
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The full prompt of a single-query episode (prefix + question), the plain layouts' input."""
+        return self.prefix_ids + self.queries[0].question_ids
+
+    @property
+    def chosen_ids(self) -> list[int]:
+        return self.queries[0].chosen_ids
+
+    @property
+    def rejected_ids(self) -> list[int]:
+        return self.queries[0].rejected_ids
+
+    def as_tree_example(self) -> dict:
+        """The `collate_tree` example of this episode."""
+        return {"prefix_ids": self.prefix_ids, "queries": [
+            {"question_ids": q.question_ids, "chosen_ids": q.chosen_ids, "rejected_ids": q.rejected_ids}
+            for q in self.queries]}
+
+
+def _split_chat(prefix: str, query: str, apply_chat_template: Callable[..., str]) -> tuple[str, str]:
+    """The chat-wrapped prompt cut where the query starts: (chat head + prefix, query + chat tail)."""
+    wrapped = apply_chat(prefix + query, apply_chat_template)
+    cut = wrapped.rindex(query)
+    return wrapped[:cut], wrapped[cut:]
 
 
 def encode_episode(
@@ -196,12 +258,13 @@ def encode_episode(
     apply_chat_template: Callable[..., str] | None = None,
     task: str = "answer",
 ) -> EncodedEpisode | None:
-    """Tokenize an episode to fit `max_length` (prompt + the longer completion).
+    """Tokenize an episode so every query fits `max_length` (prefix + question + its longer
+    completion: the sequence the model sees when that query is scored alone).
 
-    Whole oldest shots are dropped first; the held-out question and both completions are
-    never cut. Returns None when even `min_shots` shots do not fit (the caller counts it).
-    Prompt and completions are tokenized separately, as TRL does, so the completion tokens
-    are identical whatever the prompt.
+    Whole oldest shots are dropped first; a question and its completions are never cut, and no
+    query is dropped. Returns None when even `min_shots` shots do not fit (the caller counts
+    it). Prefix, question and completions are tokenized separately, as TRL tokenizes prompt
+    and completion, so a query's tokens are identical whatever else shares the row.
     """
     if template not in TEMPLATES:
         raise EpisodeError(f"unknown template {template!r}; expected one of {TEMPLATES}")
@@ -210,22 +273,33 @@ def encode_episode(
     if template == "chat" and apply_chat_template is None:
         raise EpisodeError("template 'chat' needs a tokenizer with a chat template")
     description = episode.user_description if rat else None
-    # RAT's describe task: the held-out pair holds two descriptions (or the gold one twice, for SFT).
-    complete = render_description_completion if task == "describe" else render_completion
-    chosen_ids = encode(complete(episode.held_out.chosen, eos_token))
-    rejected_ids = encode(complete(episode.held_out.rejected, eos_token))
-    budget = max_length - max(len(chosen_ids), len(rejected_ids))
+    if task == "describe":
+        # RAT's describe task: the query holds two descriptions (or the gold one twice, for SFT).
+        queries = [(DESCRIBE_TASK_LINE + DESCRIPTION_HEADER, render_description_completion(q.chosen, eos_token),
+                    render_description_completion(q.rejected, eos_token)) for q in episode.queries]
+    else:
+        queries = [(render_query(q.question), render_completion(q.chosen, eos_token),
+                    render_completion(q.rejected, eos_token)) for q in episode.queries]
+    completions = [(encode(c), encode(r)) for _, c, r in queries]
     shots = list(episode.shots)
     while True:
-        if task == "describe":
-            prompt = render_describe_prompt(shots)
-        else:
-            prompt = render_prompt(shots, episode.held_out.question, description)
-        if template == "chat":
-            prompt = apply_chat(prompt, apply_chat_template)
-        prompt_ids = encode(prompt)
-        if len(prompt_ids) <= budget:
-            return EncodedEpisode(prompt_ids, chosen_ids, rejected_ids, len(shots))
+        prefix = render_prefix(shots, description)
+        encoded = []
+        for (query, _, _), (c, r) in zip(queries, completions, strict=True):
+            if template == "chat":
+                head, query = _split_chat(prefix, query, apply_chat_template)
+            else:
+                head = prefix
+            encoded.append((head, encode(query), c, r))
+        prefix_ids = encode(encoded[0][0]) if encoded[0][0] else []
+        fits = all(len(prefix_ids) + len(q) + max(len(c), len(r)) <= max_length for _, q, c, r in encoded)
+        if fits:
+            if not prefix_ids:  # no shots and no chat head: the question itself starts the sequence
+                q0 = encoded[0][1]
+                if len(encoded) > 1:
+                    raise EpisodeError("an episode without shots holds a single query")
+                return EncodedEpisode(q0, (EncodedQuery([], encoded[0][2], encoded[0][3]),), len(shots))
+            return EncodedEpisode(prefix_ids, tuple(EncodedQuery(q, c, r) for _, q, c, r in encoded), len(shots))
         if len(shots) <= min_shots:
             return None
         shots = shots[1:]  # drop the oldest whole shot

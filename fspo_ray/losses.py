@@ -75,3 +75,48 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def reward_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
     """Share of pairs whose implicit reward ranks chosen above rejected (ties count half)."""
     return ((chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()).mean()
+
+
+SFT_KINDS = ("base_sft", "sft", "describe_sft")
+PREFERENCE_KINDS = ("preference", "describe_preference")
+
+
+def step_loss(out, ref: dict[str, torch.Tensor] | None, *, kind: str, loss_type: str = "ipo", beta: float = 0.1,
+              label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The one objective of every stage: the scalar loss of a micro-batch and its summed statistics.
+
+    `out` holds (P,) summed policy log-probs and token counts of P pairs (a `ForwardOutput`);
+    `ref` the reference log-probs (`ref_chosen_logps`, `ref_rejected_logps`, each (P,)) for
+    preference kinds. SFT kinds (Pref-FT and the RAT describe stage) minimise the mean token
+    NLL over both completions; preference kinds DPO/IPO on each pair. Statistics are sums over
+    the micro-batch (divide by `pairs` after reducing over ranks).
+    """
+    pairs = torch.tensor(float(len(out.chosen_logps)), dtype=torch.float64)
+    tokens = (out.chosen_tokens + out.rejected_tokens).sum()
+    if kind in SFT_KINDS:
+        # Pref-FT: mean NLL over the tokens of both completions under the prompt.
+        loss = -(out.chosen_logps.sum() + out.rejected_logps.sum()) / tokens.clamp(min=1)
+        return loss, {"loss": loss.detach() * pairs, "pairs": pairs, "tokens": tokens.detach()}
+    if kind not in PREFERENCE_KINDS:
+        raise ValueError(f"unknown stage kind {kind!r}; expected one of {SFT_KINDS + PREFERENCE_KINDS}")
+    losses, cr, rr = preference_loss(
+        out.chosen_logps, out.rejected_logps, ref["ref_chosen_logps"], ref["ref_rejected_logps"],
+        loss_type=loss_type, beta=beta, label_smoothing=label_smoothing,
+    )
+    stats = {
+        "loss": losses.detach().sum(),
+        "pairs": pairs,
+        "tokens": tokens.detach(),
+        "reward_accuracy": ((cr > rr).float() + 0.5 * (cr == rr).float()).sum(),
+        "reward_margin": (cr - rr).sum(),
+        "chosen_reward": cr.sum(),
+        "rejected_reward": rr.sum(),
+    }
+    return losses.mean(), stats
+
+
+def implicit_reward_correct(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                            ref_rejected: torch.Tensor) -> torch.Tensor:
+    """Per pair: 1 when the implicit reward log pi/ref ranks chosen above rejected, 0.5 on a tie, else 0. (P,)"""
+    h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)  # (P,)
+    return (h > 0).double() + 0.5 * (h == 0).double()

@@ -101,7 +101,8 @@ def template_pieces() -> list[str]:
 
 
 def build_tiny_model(tokenizer, *, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int,
-                     num_kv_heads: int, max_position_embeddings: int, tie_word_embeddings: bool = True, seed: int = 0):
+                     num_kv_heads: int, max_position_embeddings: int, tie_word_embeddings: bool = True, seed: int = 0,
+                     initializer_range: float = 0.02):
     """A randomly initialised Llama-shaped causal LM sized for `tokenizer`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -119,6 +120,7 @@ def build_tiny_model(tokenizer, *, hidden_size: int, intermediate_size: int, num
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         rope_theta=10000.0,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

@@ -34,11 +34,27 @@ def demo(cfg: RunConfig) -> None:
     metrics = json.loads((out / "eval_metrics.json").read_text()) if (out / "eval_metrics.json").exists() else {}
     print("\n=== summary ===")
     print(f"run directory: {out}")
-    print(f"stage seconds: {timings}")
+    print(f"stage seconds: {timings} (total {sum(timings.values()):.0f} s)")
+    timing = metrics.get("timing")
+    if timing:
+        print(f"training: {timing['optimizer_steps_s']:.0f} s of {timing['train_wall_s']:.0f} s in optimizer steps "
+              f"({100 * timing['optimizer_share']:.0f}%)")
     for stage, m in metrics.get("stages", {}).items():
         acc = m["reward_accuracy"]
-        print(f"reward accuracy [{stage}]: " + "  ".join(f"{k}={v:.3f}" for k, v in acc.items()))
-    print(f"win-rate report: {out / 'report.md'}; plots under {out / 'plots'}")
+        line = f"reward accuracy [{stage}]: " + "  ".join(f"{k}={v:.3f}" for k, v in acc.items())
+        reader = m.get("reference", {}).get("shot_reader", {}).get("held_out")
+        if reader is not None:
+            line += f"  (shot reader on the same held-out pairs: {reader:.3f})"
+        print(line)
+        if m.get("held_out_by_shots"):
+            print(f"  held-out accuracy by shots: " + "  ".join(f"N={n}: {v:.3f}" for n, v in m["held_out_by_shots"].items()))
+    report = out / "report.json"
+    if report.exists():
+        from fspo_ray.evaluation.report import summary_lines
+
+        for line in summary_lines(json.loads(report.read_text())):
+            print(line)
+    print(f"win-rate report: {out / 'report.md'}; plots under {out / 'plots'} (learning_curve.png, win rates)")
 
 
 def main(argv: list[str] | None = None) -> int:

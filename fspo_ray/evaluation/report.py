@@ -28,7 +28,8 @@ PLOTS = {"win_rate_by_method": "plots/win_rate_by_method.png", "win_rate_vs_shot
 def build_report(*, ev, methods: list[str], results: dict[Cell, WinRate], skipped: dict[str, str],
                  users: dict[str, int], judge: dict, description_quality: dict | None = None,
                  world_score: dict | None = None, goals: list[dict] | None = None,
-                 generation: dict | None = None, seconds: float | None = None) -> dict:
+                 generation: dict | None = None, seconds: float | None = None,
+                 differences: dict | None = None) -> dict:
     """Everything the job measured, keyed win_rate[method][split], win_rate_by_shots[method][N]."""
     main = {c: r for c, r in results.items() if c.n == ev.num_shots and c.split in ev.splits}
     report: dict = {
@@ -51,6 +52,8 @@ def build_report(*, ev, methods: list[str], results: dict[Cell, WinRate], skippe
         "plots": dict(PLOTS) if ev.shots_sweep else {"win_rate_by_method": PLOTS["win_rate_by_method"]},
         "seconds": None if seconds is None else round(seconds, 1),
     }
+    if differences:
+        report.update(differences)
     for c, r in main.items():
         report["win_rate"].setdefault(c.method, {})[c.split] = r.win_rate
         report["ci95"].setdefault(c.method, {})[c.split] = list(r.ci95)
@@ -159,6 +162,7 @@ def render_markdown(r: dict) -> str:
         for m in r["methods"]:
             row = [f"{r['world_score'][m][s]:.2f}" if s in r["world_score"].get(m, {}) else "n/a" for s in r["splits"]]
             lines.append(f"| {m} | " + " | ".join(row) + " |")
+    lines += difference_lines(r)
     lines += description_lines(r.get("description_quality"), r["splits"])
     if r.get("goals"):
         from fspo_ray.evaluation.goals import goals_markdown
@@ -176,6 +180,56 @@ def render_markdown(r: dict) -> str:
     if r.get("seconds") is not None:
         lines += ["", f"Evaluated in {r['seconds']} s."]
     return "\n".join(lines) + "\n"
+
+
+def method_differences(scores: dict[str, list[float]], split: str) -> dict:
+    """Paired win-rate differences between methods on one split: `diff[a][b]` = win rate of a minus
+    win rate of b (points of share, over the same users and questions), `diff_ci95[a][b]` its 95%
+    interval (fspo_ray.evaluation.stats.paired_difference)."""
+    from fspo_ray.evaluation.stats import paired_difference
+
+    out: dict = {"diff_split": split, "diff": {}, "diff_ci95": {}}
+    for a, sa in scores.items():
+        for b, sb in scores.items():
+            if a == b or len(sa) != len(sb) or len(sa) < 2:
+                continue
+            d, ci = paired_difference(sa, sb)
+            out["diff"].setdefault(a, {})[b] = d
+            out["diff_ci95"].setdefault(a, {})[b] = list(ci)
+    return out
+
+
+def difference_lines(r: dict) -> list[str]:
+    if not r.get("diff"):
+        return []
+    split = SPLIT_LABELS.get(r["diff_split"], r["diff_split"]).lower()
+    names = list(r["diff"])
+    lines = ["", f"## Differences between methods ({split})", "",
+             "Row minus column, in win-rate points, over the same users and questions (each method judged against "
+             "the same baseline answer); [95% interval of the paired difference]. An interval above 0 means the row "
+             "method wins more often than the column method.", "",
+             "| Row − column | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for a in names:
+        cells = []
+        for b in names:
+            if b not in r["diff"][a]:
+                cells.append("–")
+                continue
+            lo, hi = r["diff_ci95"][a][b]
+            cells.append(f"{100 * r['diff'][a][b]:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summary_lines(r: dict) -> list[str]:
+    """The main table and the differences to the FSPO model, for a terminal."""
+    lines = ["", *win_rate_table(r)]
+    if "fspo" in r.get("diff", {}):
+        lines.append(f"fspo minus other methods ({r['diff_split']}, win-rate points, 95% interval):")
+        for b, d in r["diff"]["fspo"].items():
+            lo, hi = r["diff_ci95"]["fspo"][b]
+            lines.append(f"  - {b}: {100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
+    return lines
 
 
 def description_lines(dq: dict | None, splits: list[str]) -> list[str]:

@@ -178,6 +178,11 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
         by_cell[c.cell].append(v)
     results = {cell: win_rate(v) for cell, v in by_cell.items()}
     goal_split = "held_out" if "held_out" in ev.splits else ev.splits[0]
+    from fspo_ray.evaluation.report import method_differences
+
+    differences = method_differences(
+        {cell.method: [sum(p) / len(p) for p in v] for cell, v in by_cell.items()
+         if cell.split == goal_split and cell.n == ev.num_shots}, goal_split)
     goals = evaluate_goals({cell: [sum(p) / len(p) for p in v] for cell, v in by_cell.items()},
                            split=goal_split, num_shots=ev.num_shots, shots=list(ev.shots_sweep),
                            sweep_split=ev.sweep_split, methods=list(methods))
@@ -193,7 +198,7 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
         generation={"requests": len(outputs), "errors": sum(bool(o["error"]) for o in outputs),
                     "truncated": sum(o["finish_reason"] == "length" for o in outputs),
                     "seconds": {k: round(v, 1) for k, v in phases.items()}},
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, differences=differences,
     )
     paths = write_report(cfg.output_dir, report)
     logger.info("evaluate: wrote %s", ", ".join(str(p) for p in paths.values()))

@@ -95,3 +95,19 @@ def win_rate(votes: Sequence[Sequence[float]]) -> WinRate:
         ties=sum(v == 0.5 for v in flat),
         losses=sum(v == 0.0 for v in flat),
     )
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], z: float = Z95) -> tuple[float, tuple[float, float]]:
+    """Mean of a - b over paired scores (the same user and question, each method judged against
+    the same baseline answer) and its 95% interval: normal approximation of the mean of the
+    per-pair differences, whose spread already holds the pairing (the same hard questions)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
+    n = len(a)
+    if n < 2:
+        raise ValueError("a paired difference needs at least 2 pairs")
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(d) / n
+    var = sum((x - mean) ** 2 for x in d) / (n - 1)
+    half = z * math.sqrt(var / n)
+    return mean, (mean - half, mean + half)

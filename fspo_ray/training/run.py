@@ -1,29 +1,24 @@
-"""The train job's driver: run the configured stages in order on Ray Train + DeepSpeed.
+"""The train job's driver: every selected stage in one Ray Train run (one worker group).
 
-Each stage: prepare episode shards (reference log-probs included) with Ray Data, fit a
-TorchTrainer, export a Hugging Face directory to <output_dir>/models/<stage>. A stage whose
-export exists is skipped, and a stage interrupted mid-way resumes from its last checkpoint
-(same RunConfig name and storage path), so rerunning the same command resumes.
+Checks what can fail before a worker starts, resolves the run into a plan (training/plan.py),
+fits one TorchTrainer whose workers run the stages in order (training/loop.py), then collects
+what the workers wrote: per-stage reward accuracy, the world's reference predictors on the
+same held-out pairs, the learning curve and where the time went. Rerunning the same command
+(same run_name) resumes: finished stages are skipped, the stage in progress resumes from its
+last checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+import time
 from pathlib import Path
 
-from fspo_ray.config import RunConfig, StageConfig
+from fspo_ray.config import RunConfig
 from fspo_ray.errors import FspoError
-from fspo_ray.training.loop import LoopSpec, train_loop_per_worker
-from fspo_ray.training.prepare import (
-    episode_records,
-    load_users,
-    prepare_stage_epochs,
-    sample_episodes,
-    scored_dataset,
-    stage_shots,
-)
+from fspo_ray.training.loop import SPLIT_NAMES, is_exported, train_loop_per_worker
+from fspo_ray.training.plan import make_plan, resolve_model, selected_stages, stage_shots
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +27,8 @@ def pref_dir(cfg: RunConfig) -> Path:
     return Path(cfg.output_dir) / "prefs"
 
 
-def stage_model_dir(cfg: RunConfig, name: str) -> Path:
-    return Path(cfg.output_dir) / "models" / name
-
-
-def resolve_model(cfg: RunConfig, ref: str) -> str:
-    return cfg.model.name_or_path if ref == "model" else str(stage_model_dir(cfg, ref))
-
-
-def is_exported(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / "fspo_stage.json").is_file() and (p / "model.safetensors").is_file()
-
-
 def check_inputs(cfg: RunConfig) -> None:
-    """Everything that can fail before a worker starts: data, models, the token budget."""
+    """Everything that can fail before a worker starts: data, models, the token budget, sinks."""
     from fspo_ray.data import read_preferences
     from fspo_ray.episodes import check_shot_counts
     from fspo_ray.modeling import ModelLoadError
@@ -72,21 +54,28 @@ def check_inputs(cfg: RunConfig) -> None:
                     raise ModelLoadError(f"model.name_or_path {path} does not exist; run `python -m jobs.build_model` first")
             elif ref not in produced:
                 raise FspoError(f"stage {st.name}: {ref!r} is not a stage of this run")
+            elif ref not in {s.name for s in stages} and not is_exported(resolve_model(cfg, ref)):
+                raise FspoError(f"stage {st.name}: starts from {ref!r}, which is neither selected (train.only) nor exported")
+    if any(st.kind == "describe_preference" for st in stages):
+        from fspo_ray.generation.checks import embedder_path
+
+        embedder_path(cfg)  # fails with the fix named when the embedder is not installed
     _check_budget(cfg, table, stages)
 
 
-def _check_budget(cfg: RunConfig, table, stages: list[StageConfig]) -> None:
+def _check_budget(cfg: RunConfig, table, stages) -> None:
     """Fail early when even min_shots shots of typical size cannot fit episodes.max_length."""
     from fspo_ray.episodes import Preference, render_completion, render_prompt
 
     rows = table.slice(0, min(64, table.num_rows)).to_pylist()
     prefs = [Preference(r["question"], r["chosen"], r["rejected"]) for r in rows]
-    chars_per_token = 4.0  # conservative for byte-level BPE on English; the exact check runs per episode
+    # Conservative for byte-level BPE on English (the exact check runs per episode); a word
+    # tokenizer (the compact world) spends about one token per word.
+    chars_per_token = 4.0 if cfg.tiny_model.tokenizer == "bpe" or cfg.model.name_or_path != cfg.tiny_model.output else 5.0
     for st in stages:
         n = min(cfg.episodes.min_shots, stage_shots(cfg, st))
-        shots = prefs[: n]
         longest = max(len(render_completion(p.chosen, "")) for p in prefs)
-        text = render_prompt(shots, prefs[0].question)
+        text = render_prompt(prefs[:n], prefs[0].question)
         est = (len(text) + longest) / chars_per_token
         if est > cfg.episodes.max_length:
             raise FspoError(
@@ -95,149 +84,144 @@ def _check_budget(cfg: RunConfig, table, stages: list[StageConfig]) -> None:
             )
 
 
-def selected_stages(cfg: RunConfig) -> list[StageConfig]:
-    return [s for s in cfg.train.stages if cfg.train.only is None or s.name in cfg.train.only]
+def _embedder(cfg: RunConfig) -> str | None:
+    if not any(st.kind == "describe_preference" for st in selected_stages(cfg)):
+        return None
+    from fspo_ray.generation.checks import embedder_path
+
+    return embedder_path(cfg)
 
 
-def loop_spec(cfg: RunConfig, st: StageConfig, shards: list[Path], stage_dir: Path, fail_at_step: int | None) -> LoopSpec:
-    t = cfg.train
-    return LoopSpec(
-        stage=st.name, kind=st.kind, init_path=resolve_model(cfg, st.init_from),
-        export_dir=str(stage_model_dir(cfg, st.name)), stage_dir=str(stage_dir), shards=[str(s) for s in shards],
-        micro_batch=t.micro_batch_size, accum=t.grad_accum_steps, zero_stage=t.zero_stage, use_gpu=t.use_gpu,
-        dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation, forward=t.forward,
-        lr=st.lr, optimizer=st.optimizer, weight_decay=st.weight_decay, warmup_steps=st.warmup_steps,
-        grad_clip=st.grad_clip, loss_type=st.loss_type or cfg.loss.loss_type, beta=st.beta or cfg.loss.beta,
-        label_smoothing=cfg.loss.label_smoothing if (st.loss_type or cfg.loss.loss_type) == "dpo" else 0.0,
-        gradient_checkpointing=t.gradient_checkpointing, lora_rank=t.lora_rank, lora_alpha=t.lora_alpha,
-        checkpoint_every=t.checkpoint_every, seed=cfg.seed, tensorboard=t.tensorboard, mlflow=t.mlflow,
-        wandb=t.wandb, fail_at_step=fail_at_step,
-    )
-
-
-def fit_stage(cfg: RunConfig, st: StageConfig, *, fail_at_step: int | None = None) -> Path:
-    """Prepare shards and fit one stage; returns the exported model directory."""
+def fit(cfg: RunConfig, *, fail_at: dict | None = None) -> float:
+    """One TorchTrainer over every selected stage; returns its wall time in seconds."""
     from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
     from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = cfg.train
-    export = stage_model_dir(cfg, st.name)
-    if is_exported(export):
-        logger.info("stage %s: already exported at %s, skipping", st.name, export)
-        return export
-    stage_dir = Path(cfg.output_dir).resolve() / "train" / st.name
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    init = resolve_model(cfg, st.init_from)
-    is_pref = st.kind in ("preference", "describe_preference")
-    reference = resolve_model(cfg, st.reference or st.init_from) if is_pref else None
-    print(f"[train] stage {st.name} ({st.kind}): init {init}" + (f", reference {reference}" if reference else ""), flush=True)
-    shards = prepare_stage_epochs(cfg, st, pref_dir(cfg), init, reference, stage_dir)
-    spec = loop_spec(cfg, st, shards, stage_dir, fail_at_step)
+    plan = make_plan(cfg, fail_at=fail_at, embedder_path=_embedder(cfg))
+    todo = [s.name for s in plan.stages if not is_exported(s.export_dir)]
+    if not todo:
+        logger.info("every selected stage is already exported; nothing to train")
+        return 0.0
+    print(f"[train] stages {todo} in one worker group of {t.num_workers}", flush=True)
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(spec),
+        train_loop_config=plan.to_dict(),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=TrainRunConfig(
-            name=f"{cfg.run_name}-{st.name}",
+            name=cfg.run_name,
             storage_path=str(Path(cfg.output_dir).resolve() / "ray_train"),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
         ),
     )
+    t0 = time.perf_counter()
     try:
-        result = trainer.fit()
+        trainer.fit()
     except Exception as e:  # Ray Train raises after max_failures restarts; keep the worker's own words
+        diverged = _diverged(plan)
+        if diverged is not None:
+            raise diverged from None
         lines = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
         raise FspoError(
-            f"stage {st.name}: training failed after {t.max_failures} restart(s): {lines[-1] if lines else e!r}. "
-            f"Worker logs: ray logs / {stage_dir}. Rerun the same command to resume from the last checkpoint."
+            f"training failed after {t.max_failures} restart(s): {lines[-1] if lines else e!r}. Worker logs: "
+            f"ray logs / {Path(cfg.output_dir) / 'train'}. Rerun the same command to resume from the last checkpoint."
         ) from None
-    diverged = stage_dir / "diverged.json"
-    if diverged.exists():
-        info = json.loads(diverged.read_text())
-        last = result.checkpoint.path if result.checkpoint else "none"
-        raise FspoError(
-            f"stage {st.name}: loss became {info['loss']} at step {info['step']}; stopped. Last good checkpoint "
-            f"(step {info['last_good_step']}): {last}. Lower the learning rate or check the data."
-        )
-    if not is_exported(export):
-        raise FspoError(f"stage {st.name}: training ended without exporting {export}; see the Ray Train logs")
-    return export
+    for s in plan.stages:
+        if not is_exported(s.export_dir):
+            raise FspoError(f"stage {s.name}: training ended without exporting {s.export_dir}; see the Ray Train logs")
+    return time.perf_counter() - t0
 
 
-def eval_episodes(cfg: RunConfig, st: StageConfig) -> dict[str, list]:
-    """The held-out episodes a preference stage is scored on, per split (fixed: epoch 10,000)."""
-    out = {}
-    for split in ("train", "held_out", "interpolated"):
-        users = load_users(pref_dir(cfg), split, max_users=cfg.train.eval_users_per_split)
-        if users.prefs:
-            out[split] = sample_episodes(cfg, st.model_copy(update={"kind": "preference"}), users, epoch=10_000)
-    return out
+def _diverged(plan) -> FspoError | None:
+    for s in plan.stages:
+        path = Path(s.stage_dir) / "diverged.json"
+        if path.exists():
+            info = json.loads(path.read_text())
+            return FspoError(
+                f"stage {s.name}: loss became {info['loss']} at step {info['step']}; stopped. Last good checkpoint: "
+                f"step {info['last_good_step']} (rerun resumes there). Lower the learning rate or check the data."
+            )
+    return None
 
 
-def reward_accuracy_eval(cfg: RunConfig, st: StageConfig, episodes: dict[str, list]) -> dict[str, float]:
-    """Implicit-reward accuracy on held-out pairs per split: does the trained policy, given the
-    user's shots, rank the held-out pair as the user did (beta * log-ratio vs the reference)?"""
-    policy = str(stage_model_dir(cfg, st.name))
-    reference = resolve_model(cfg, st.reference or st.init_from)
-    records: list[dict] = []
-    for split, split_episodes in episodes.items():
-        records.extend(episode_records(split_episodes, split))
-    for i, r in enumerate(records):
-        r["index"] = i
-    rows = scored_dataset(records, cfg, st, policy, {"ref_": reference, "pi_": policy}).take_all()
-    correct: dict[str, float] = {}
-    count: dict[str, int] = {}
-    for r in rows:
-        h = (r["pi_chosen_logps"] - r["ref_chosen_logps"]) - (r["pi_rejected_logps"] - r["ref_rejected_logps"])
-        correct[r["split"]] = correct.get(r["split"], 0.0) + (1.0 if h > 0 else 0.5 if h == 0 else 0.0)
-        count[r["split"]] = count.get(r["split"], 0) + 1
-    return {split: correct[split] / count[split] for split in count}
+def reference_accuracies(cfg: RunConfig, stage) -> dict:
+    """The world's shot reader and no-context prior on the very held-out episodes a stage was
+    scored on (fspo_ray/world/reference.py): what the shots make knowable, and what they do not."""
+    from dataclasses import replace
 
-
-def reference_accuracies(cfg: RunConfig, episodes: dict[str, list]) -> dict[str, dict[str, float]]:
-    """For world data: the shot-reader ceiling and the no-context population prior on the same
-    held-out episodes as `reward_accuracy_eval` (see fspo_ray/world/reference.py)."""
+    from fspo_ray.data import load_users
+    from fspo_ray.training.batches import eval_episodes
+    from fspo_ray.training.loop import p_sweep
     from fspo_ray.world.reference import population_prior_accuracy, shot_reader_accuracy
 
+    plan = make_plan(cfg)
+    st = next(s for s in plan.stages if s.name == stage)
     train = load_users(pref_dir(cfg), "train")
-    out: dict[str, dict[str, float]] = {"shot_reader": {}, "population_prior": {}}
-    for split, split_episodes in episodes.items():
-        out["shot_reader"][split] = shot_reader_accuracy(split_episodes)
-        out["population_prior"][split] = population_prior_accuracy(train.prefs, split_episodes)
+    out: dict = {"shot_reader": {}, "population_prior": {}, "shot_reader_by_shots": {}}
+    for split in SPLIT_NAMES:
+        users = load_users(pref_dir(cfg), split, max_users=cfg.train.eval_users_per_split)
+        if not users.prefs:
+            continue
+        episodes = eval_episodes(users, st, plan)
+        out["population_prior"][split] = population_prior_accuracy(train.prefs, episodes)
+        if st.num_shots:
+            out["shot_reader"][split] = shot_reader_accuracy(episodes)
+        if split == "held_out":
+            for n in p_sweep(plan, st):
+                if n:
+                    sw = replace(st, num_shots=n, min_shots=min(st.min_shots, n))
+                    out["shot_reader_by_shots"][n] = shot_reader_accuracy(eval_episodes(users, sw, plan))
     return out
 
 
-def run_training(cfg: RunConfig, *, fail_at_step: dict[str, int] | None = None) -> dict:
-    """Run every selected stage; write eval_metrics.json with reward accuracy per split."""
-    check_inputs(cfg)
-    results: dict[str, dict] = {}
-    for st in selected_stages(cfg):
-        fit_stage(cfg, st, fail_at_step=(fail_at_step or {}).get(st.name))
-        if st.kind == "preference":  # describe stages are scored by the evaluation's description quality
-            episodes = eval_episodes(cfg, st)
-            acc = reward_accuracy_eval(cfg, st, episodes)
-            results[st.name] = {"reward_accuracy": acc}
-            if cfg.generate.provider == "world":
-                results[st.name]["reference"] = reference_accuracies(cfg, episodes)
-            (Path(cfg.output_dir) / "train" / st.name / "eval_metrics.json").write_text(
-                json.dumps(results[st.name], indent=2))
-            print(f"[train] stage {st.name}: reward accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
-            if "reference" in results[st.name]:
-                ref = results[st.name]["reference"]
-                print(f"[train] stage {st.name}: reference (same pairs): shot reader "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in ref["shot_reader"].items())
-                      + "; no-context prior " + ", ".join(f"{k} {v:.3f}" for k, v in ref["population_prior"].items()),
-                      flush=True)
-    summary_path = Path(cfg.output_dir) / "eval_metrics.json"
+def collect(cfg: RunConfig, wall_s: float) -> dict:
+    """Per-stage results the workers wrote, the reference predictors, timing; eval_metrics.json."""
+    out = Path(cfg.output_dir)
+    summary_path = out / "eval_metrics.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": {}}
-    summary["stages"].update(results)
+    timing: dict = {}
+    for st in selected_stages(cfg):
+        d = out / "train" / st.name
+        if (d / "timing.json").exists():
+            timing[st.name] = json.loads((d / "timing.json").read_text())
+        if not (d / "eval_metrics.json").exists():
+            continue
+        result = json.loads((d / "eval_metrics.json").read_text())
+        if cfg.generate.provider == "world":
+            result["reference"] = reference_accuracies(cfg, st.name)
+            (d / "eval_metrics.json").write_text(json.dumps(result, indent=2))
+        summary["stages"][st.name] = result
+        acc = result["reward_accuracy"]
+        print(f"[train] stage {st.name}: reward accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
+        if "reference" in result and result["reference"]["shot_reader"]:
+            ref = result["reference"]
+            print(f"[train] stage {st.name}: same pairs: shot reader "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in ref["shot_reader"].items())
+                  + "; no-context prior " + ", ".join(f"{k} {v:.3f}" for k, v in ref["population_prior"].items()),
+                  flush=True)
+    if wall_s:
+        steps = sum(t.get("steps_s", 0.0) for t in timing.values())
+        summary["timing"] = {"train_wall_s": round(wall_s, 1), "optimizer_steps_s": round(steps, 1),
+                             "optimizer_share": round(steps / wall_s, 3),
+                             "stages": {k: {n: round(v, 2) for n, v in t.items()} for k, t in timing.items()}}
     main = "fspo" if "fspo" in summary["stages"] else next(iter(summary["stages"]), None)
     if main is not None:
         summary["reward_accuracy"] = summary["stages"][main]["reward_accuracy"]
         summary["reward_accuracy_stage"] = main
     summary_path.write_text(json.dumps(summary, indent=2))
+    from fspo_ray.training.curves import plot_learning_curves
+
+    plot_learning_curves(cfg, summary)
     return summary
+
+
+def run_training(cfg: RunConfig, *, fail_at: dict | None = None) -> dict:
+    """Run every selected stage in one worker group; write eval_metrics.json (reward accuracy per
+    split and stage, the reference predictors, timing) and the learning-curve plot."""
+    check_inputs(cfg)
+    wall = fit(cfg, fail_at=fail_at)
+    return collect(cfg, wall)

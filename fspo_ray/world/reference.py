@@ -45,18 +45,20 @@ def _score(ev: Mapping[tuple[str, str], float], pair: Preference) -> float:
 
 
 def shot_reader_accuracy(episodes: Sequence[Episode]) -> float:
-    """Mean accuracy of ranking each held-out pair by the evidence of its own shots."""
-    if not episodes:
+    """Mean accuracy over every held-out pair (query) of ranking it by the evidence of its own shots."""
+    scores = [_score(evidence(ep.shots), q) for ep in episodes for q in ep.queries]
+    if not scores:
         raise ValueError("no episodes to score")
-    return sum(_score(evidence(ep.shots), ep.held_out) for ep in episodes) / len(episodes)
+    return sum(scores) / len(scores)
 
 
 def population_prior_accuracy(train_prefs: Mapping[str, Sequence[Preference]], episodes: Sequence[Episode]) -> float:
-    """Mean accuracy of ranking each held-out pair by the evidence of all training users' pairs."""
-    if not episodes:
-        raise ValueError("no episodes to score")
+    """Mean accuracy over every held-out pair of ranking it by the evidence of all training users' pairs."""
     prior = evidence(p for prefs in train_prefs.values() for p in prefs)
-    return sum(_score(prior, ep.held_out) for ep in episodes) / len(episodes)
+    scores = [_score(prior, q) for ep in episodes for q in ep.queries]
+    if not scores:
+        raise ValueError("no episodes to score")
+    return sum(scores) / len(scores)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     from fspo_ray.episodes import build_episodes
-    from fspo_ray.training.prepare import load_users
+    from fspo_ray.data import load_users
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("prefs", help="a preference directory written by jobs.generate")

@@ -22,9 +22,9 @@ def tiny_train_cfg(out: Path, run_name: str = "t", **train) -> RunConfig:
         "world": {"users_train": 12, "users_held_out": 3, "users_interpolated": 3, "prefs_per_user": 6},
         "tiny_model": {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
                        "num_heads": 2, "num_kv_heads": 2, "corpus_sentences": 1500},
-        "episodes": {"num_shots": 2, "min_shots": 1, "max_length": 384},
+        "episodes": {"num_shots": 2, "min_shots": 1, "max_length": 384, "queries_per_episode": 2},
         "train": {"num_workers": 2, "global_batch_size": 8, "micro_batch_size": 2, "checkpoint_every": 2,
-                  "ref_concurrency": 1, "ref_cpus": 0.5, "cpus_per_worker": 1, "eval_users_per_split": 3,
+                  "cpus_per_worker": 1, "eval_users_per_split": 3,
                   "max_failures": 1, "tensorboard": False, "stages": stages} | train,
     })
 

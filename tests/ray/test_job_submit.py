@@ -46,7 +46,7 @@ def tiny_overrides(out: Path) -> list[str]:
         "tiny_model.num_layers=1", "tiny_model.num_heads=2", "tiny_model.num_kv_heads=2", "tiny_model.corpus_sentences=1500",
         "episodes.num_shots=2", "episodes.min_shots=1", "episodes.max_length=384",
         "train.num_workers=2", "train.global_batch_size=8", "train.micro_batch_size=2", "train.checkpoint_every=4",
-        "train.ref_concurrency=1", "train.ref_cpus=0.5", "train.cpus_per_worker=1", "train.eval_users_per_split=3",
+        "train.cpus_per_worker=1", "train.eval_users_per_split=3",
         "train.tensorboard=false", f"train.stages={STAGES_YAML}",
         f"evaluate.methods.base.model={out}/models/tiny", "evaluate.only=[fspo]", "evaluate.users_per_split=2", "evaluate.questions_per_user=1", "evaluate.num_shots=2",
         "evaluate.shots_sweep=[]", "evaluate.describe_before=null", "evaluate.describe_after=null",

@@ -275,7 +275,7 @@ def test_gpu_pools_of_the_shipped_configs_fit_their_node_groups():
     }
     train = load_config(REPO / "jobs" / "configs" / "gpu_llama3b.yaml")
     assert [(p.where, p.gpus, p.replicas) for p in check.gpu_pools("train", train)] == [
-        ("train.num_workers", 1, 8), ("train.ref_concurrency", 1, 8)]
+        ("train.num_workers", 1, 8)]
     h100 = frozenset({"H100"})
     node = check.Group("gpu", gpus=8, max_nodes=2, accelerators=h100)
     assert check.check_fit(check.gpu_pools("generate", gen), [node]) == []

@@ -69,7 +69,10 @@ def test_official_markdown_template():
         "## Question \nQ\n"
     )
     assert render_completion("Y", "</s>") == "## Preferred Response \nY\n</s>"
-    assert render_prompt(shots, "Q", "likes cats").endswith("## Question \nQ\n## User Description\nlikes cats\n")
+    # RAT: the description closes the prefix, before the task, so one prefix serves every question
+    assert render_prompt(shots, "Q", "likes cats").endswith(
+        "\n\n## User Description\nlikes cats\n# Task\nGiven the examples above, generate a preferred response "
+        "to the following question.\n## Question \nQ\n")
     assert render_describe_prompt(shots).endswith("describe the user's preferences.\n## User Description\n")
 
 
@@ -112,5 +115,39 @@ def test_rat_adds_description_block():
     ep = Episode("u", (Preference("q", "w", "l"),), Preference("Q", "C", "R"), user_description="likes bullets")
     with_rat = encode_episode(ep, _char_encode, eos_token="<e>", max_length=10_000, min_shots=1, rat=True)
     without = encode_episode(ep, _char_encode, eos_token="<e>", max_length=10_000, min_shots=1)
-    assert "".join(map(chr, with_rat.prompt_ids)).endswith("## User Description\nlikes bullets\n")
+    assert "".join(map(chr, with_rat.prefix_ids)).endswith("## User Description\nlikes bullets\n")
     assert "User Description" not in "".join(map(chr, without.prompt_ids))
+
+
+def test_query_sets_cover_every_pair_once_per_repeat_with_disjoint_shots():
+    users = _users([24, 10, 5])
+    eps, stats = build_episodes(users, num_shots=4, min_shots=2, seed=0, repeats=2, queries_per_episode=8)
+    queries = Counter((e.user_id, q) for e in eps for q in e.queries)
+    assert set(queries.values()) == {2} and len(queries) == 24 + 10 + 5  # each pair a query once per repeat
+    for e in eps:
+        assert not set(e.queries) & set(e.shots)  # shots are never among the queries
+        assert len(set(e.queries)) == len(e.queries)  # no duplicated query
+        assert all(q in users[e.user_id] for q in e.queries + e.shots)
+    sizes = Counter((e.user_id, len(e.queries)) for e in eps)
+    # 24 pairs -> 3 sets of 8 per repeat; 10 pairs with 4 shots -> sets of at most 6; 5 pairs -> sets of 1
+    assert sizes[("u0", 8)] == 6 and {n for (u, n) in sizes if u == "u1"} == {6, 4}
+    assert {n for (u, n) in sizes if u == "u2"} == {1} and {len(e.shots) for e in eps} == {4}
+    again, _ = build_episodes(users, num_shots=4, min_shots=2, seed=0, repeats=2, queries_per_episode=8)
+    other, _ = build_episodes(users, num_shots=4, min_shots=2, seed=0, epoch=1, repeats=2, queries_per_episode=8)
+    assert again == eps and other != eps
+
+
+def test_multi_query_encoding_shares_the_prefix_and_fits_each_query():
+    shots = tuple(Preference(f"question {i}", "w" * 20, "l" * 20) for i in range(6))
+    queries = (Preference("QA", "ca", "ra"), Preference("QUESTION B", "chosen b", "r"))
+    ep = Episode("u", shots, queries)
+    full = encode_episode(ep, _char_encode, eos_token="<e>", max_length=10_000, min_shots=1)
+    assert full.num_shots == 6 and len(full.queries) == 2
+    assert "".join(map(chr, full.prefix_ids)) == "".join(render_prompt(shots, "x").split("# Task")[0])
+    assert "".join(map(chr, full.queries[1].question_ids)).endswith("## Question \nQUESTION B\n")
+    # the budget is per query: prefix + question + its longer completion
+    longest = len(render_prompt(shots[:2], "QUESTION B")) + len(render_completion("chosen b", "<e>"))
+    enc = encode_episode(ep, _char_encode, eos_token="<e>", max_length=longest, min_shots=1)
+    assert enc.num_shots == 2 and len(enc.queries) == 2
+    for q in enc.queries:
+        assert len(enc.prefix_ids) + len(q.question_ids) + max(len(q.chosen_ids), len(q.rejected_ids)) <= longest

@@ -79,3 +79,25 @@ def test_win_rate_rejects_bad_input():
         wilson_interval(0, 0)
     with pytest.raises(ValueError, match="successes must be in"):
         binomial_p_value(11, 10)
+
+
+def test_paired_difference_hand_worked():
+    from fspo_ray.evaluation.stats import paired_difference
+
+    # differences 1, 0, 0.5, 0.5: mean 0.5, sample variance (0.25 + 0.25 + 0 + 0) / 3 = 1/6,
+    # standard error sqrt(1/6 / 4) = 0.2041; half width 1.96 * 0.2041 = 0.4001
+    d, (lo, hi) = paired_difference([1.0, 0.5, 1.0, 0.75], [0.0, 0.5, 0.5, 0.25])
+    assert d == pytest.approx(0.5)
+    assert lo == pytest.approx(0.5 - 0.40008, abs=1e-4) and hi == pytest.approx(0.5 + 0.40008, abs=1e-4)
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference([1.0], [1.0, 0.0])
+
+
+def test_method_differences_table_is_antisymmetric():
+    from fspo_ray.evaluation.report import difference_lines, method_differences
+
+    diffs = method_differences({"fspo": [1.0, 1.0, 0.5, 0.75], "ipo": [0.5, 0.25, 0.5, 0.5]}, "held_out")
+    assert diffs["diff"]["fspo"]["ipo"] == pytest.approx(0.375) == -diffs["diff"]["ipo"]["fspo"]
+    lo, hi = diffs["diff_ci95"]["fspo"]["ipo"]
+    assert 0 < lo < 0.375 < hi
+    assert any("+37.5" in line for line in difference_lines(diffs))
