@@ -15,6 +15,7 @@ from ray.serve import Application
 from fspo_ray.serving.config import ServeConfig, check_model_paths, load_serve_config, resolve_paths
 from fspo_ray.serving.deployments import AnswerDeployment, PersonaDeployment
 from fspo_ray.serving.ingress import Ingress
+from fspo_ray.serving.page import build_pool
 from fspo_ray.serving.store import make_store
 
 
@@ -23,7 +24,21 @@ def build_app(args: dict[str, Any] | ServeConfig | None) -> Application:
     check_model_paths(cfg)
     api_key = cfg.auth.resolve()
     make_store(cfg.store.kind, cfg.store.path, cfg.store.class_path).close()  # fail now on an unusable path
+    if cfg.page.enabled:
+        build_pool(cfg.page, cfg.limits.max_text_chars)  # a bad pool file fails now, naming its line
     d = cfg.deployments
     persona = PersonaDeployment.options(**d.persona.serve_options("PersonaDeployment")).bind(cfg)
     answer = AnswerDeployment.options(**d.answer.serve_options("AnswerDeployment")).bind(cfg)
-    return Ingress.options(**d.ingress.serve_options("Ingress")).bind(persona, answer, cfg, api_key)
+    baseline = None
+    if cfg.page.enabled and cfg.page.unpersonalized_model is not None:
+        baseline = AnswerDeployment.options(**d.baseline.serve_options("BaselineDeployment")).bind(baseline_config(cfg))
+    return Ingress.options(**d.ingress.serve_options("Ingress")).bind(persona, answer, cfg, api_key, baseline)
+
+
+def baseline_config(cfg: ServeConfig) -> ServeConfig:
+    """The config an AnswerDeployment serving the unpersonalized model reads: its engine is the answer
+    stage's with the model swapped, its resources are deployments.baseline."""
+    engine = cfg.personalize.answer.model_copy(update={"model": cfg.page.unpersonalized_model})
+    personalize = cfg.personalize.model_copy(update={"answer": engine})
+    deployments = cfg.deployments.model_copy(update={"answer": cfg.deployments.baseline})
+    return cfg.model_copy(update={"personalize": personalize, "deployments": deployments})

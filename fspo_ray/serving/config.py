@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from fspo_ray.config import ConfigError, Section, format_validation_error
 from fspo_ray.personalize import EngineConfig, PersonalizeConfig
+from fspo_ray.serving.page import PageConfig
 
 
 class AutoscalingOptions(Section):
@@ -108,6 +109,11 @@ class DeploymentsConfig(Section):
     )
     persona: DeploymentOptions = Field(default_factory=DeploymentOptions, description="PersonaDeployment (stage 1).")
     answer: DeploymentOptions = Field(default_factory=DeploymentOptions, description="AnswerDeployment (stage 2).")
+    baseline: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(num_cpus=0.25),
+        description="BaselineDeployment: the page's unpersonalized answer; deployed only when "
+        "page.unpersonalized_model is set (it batches like the answer stage).",
+    )
     persona_batching: BatchingOptions = Field(default_factory=BatchingOptions, description="Stage 1 batching.")
     answer_batching: BatchingOptions = Field(default_factory=BatchingOptions, description="Stage 2 batching.")
 
@@ -225,6 +231,7 @@ class ServeConfig(Section):
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Persona cache.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="Profile store.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API key auth.")
+    page: PageConfig = Field(default_factory=PageConfig, description="The web page at / (docs/serving.md).")
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
@@ -254,7 +261,16 @@ class ServeConfig(Section):
                 f"limits.max_tokens ({self.limits.max_tokens})"
             )
         object.__setattr__(self.store, "path", self.store.path.replace("{output_dir}", self.output_dir))
+        for section, name in _PAGE_PATHS:
+            value = getattr(section(self), name)
+            if value is not None:
+                object.__setattr__(section(self), name, value.replace("{output_dir}", self.output_dir))
         return self
+
+
+# The page's paths: '{output_dir}' is replaced and local paths resolved like the model paths.
+_PAGE_PATHS = ((lambda c: c.page.pairs, "path"), (lambda c: c.page.pairs.world, "run_config"),
+               (lambda c: c.page, "unpersonalized_model"))
 
 
 def load_serve_config(args: dict[str, Any] | ServeConfig | None) -> ServeConfig:
@@ -275,15 +291,17 @@ def check_model_paths(cfg: ServeConfig) -> None:
     """Local model directories must exist with weights; hub ids are left to the loader."""
     if not cfg.check_model_paths:
         return
-    for stage in ("persona", "answer"):
-        path = getattr(cfg.personalize, stage).model
+    models = [(f"personalize.{stage}.model", getattr(cfg.personalize, stage).model) for stage in ("persona", "answer")]
+    if cfg.page.enabled and cfg.page.unpersonalized_model is not None:
+        models.append(("page.unpersonalized_model", cfg.page.unpersonalized_model))
+    for field, path in models:
         if not _looks_local(path):
             continue
         p = Path(path).expanduser()
         if not (p / "config.json").is_file():
             raise ConfigError(
-                f"personalize.{stage}.model: {p} is not a model directory (no config.json); train it first "
-                f"(python -m jobs.train ...) or point personalize.{stage}.model at a Hugging Face directory"
+                f"{field}: {p} is not a model directory (no config.json); train it first "
+                f"(python -m jobs.train ...) or point {field} at a Hugging Face directory"
             )
 
 
@@ -295,4 +313,8 @@ def resolve_paths(cfg: ServeConfig) -> ServeConfig:
             object.__setattr__(engine, "model", str(Path(engine.model).expanduser().resolve()))
     if cfg.store.kind == "sqlite":
         object.__setattr__(cfg.store, "path", str(Path(cfg.store.path).expanduser().resolve()))
+    for section, name in _PAGE_PATHS:
+        value = getattr(section(cfg), name)
+        if value is not None and (name != "unpersonalized_model" or _looks_local(value)):
+            object.__setattr__(section(cfg), name, str(Path(value).expanduser().resolve()))
     return cfg

@@ -40,6 +40,8 @@ from fspo_ray.serving.errors import (
     too_large,
 )
 from fspo_ray.serving.metrics import ServeMetrics
+from fspo_ray.serving.page import PageService
+from fspo_ray.serving.page_routes import page_routes
 from fspo_ray.serving.schemas import (
     USER_ID_PATTERN,
     AddPreferencesRequest,
@@ -147,10 +149,13 @@ def _sse(data: dict | str) -> str:
 
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
-class Ingress:
-    def __init__(self, persona: DeploymentHandle, answer: DeploymentHandle, cfg: ServeConfig, api_key: str | None):
+class Ingress(page_routes(api)):
+    def __init__(self, persona: DeploymentHandle, answer: DeploymentHandle, cfg: ServeConfig, api_key: str | None,
+                 baseline: DeploymentHandle | None = None):
         self.cfg = cfg
         self.persona, self.answer = persona, answer
+        self.baseline = baseline  # the unpersonalized answer's model (page.unpersonalized_model), if deployed
+        self.page = PageService(cfg.page, cfg.limits.max_text_chars) if cfg.page.enabled else None
         self.store = make_store(cfg.store.kind, cfg.store.path, cfg.store.class_path)
         self.cache = PersonaCache(cfg.cache.max_entries, cfg.cache.ttl_s)
         self.metrics = ServeMetrics()
@@ -262,24 +267,32 @@ class Ingress:
         check_chat_limits(req, self.cfg.limits)
         question = question_of(req)
         user_id = req.fspo.user_id
-        shots, source = await self._shots(user_id, req.fspo.preferences, "fspo.preferences")
-        persona, hit = await self._persona(user_id, shots)
+        answer = self.answer
+        if req.fspo.context == "none":  # unpersonalized: the question alone, no shots, no persona stage
+            if req.fspo.preferences is not None:
+                raise APIError(400, "fspo.preferences: not used with fspo.context 'none'; omit it",
+                               code="invalid_value", param="fspo.preferences")
+            shots, source, persona, hit = (), "none", None, False
+            answer = self.baseline or self.answer
+        else:
+            shots, source = await self._shots(user_id, req.fspo.preferences, "fspo.preferences")
+            persona, hit = await self._persona(user_id, shots)
         fspo = fspo_block(user_id=user_id, persona=persona, cache_hit=hit, preferences_used=len(shots), source=source)
         sampling = self._sampling(req.requested_max_tokens, req.temperature, req.top_p, req.seed)
         headers = {"X-FSPO-Cache": "hit" if hit else "miss"}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return await self._stream_chat(shots, persona, question, sampling, fspo, include_usage, headers, t0)
+            return await self._stream_chat(answer, shots, persona, question, sampling, fspo, include_usage, headers, t0)
         t1 = time.perf_counter()
-        out = await self._call("answer", self.answer.answer.remote(shots, persona, question, sampling))
+        out = await self._call("answer", answer.answer.remote(shots, persona, question, sampling))
         self.metrics.latency("answer", time.perf_counter() - t1)
         self.metrics.latency("total", time.perf_counter() - t0)
         body = chat_completion(model=self.cfg.model_id, text=out["text"], finish_reason=out["finish_reason"],
                                prompt_tokens=out["prompt_tokens"], completion_tokens=out["tokens"], fspo=fspo)
         return JSONResponse(body, headers=headers)
 
-    async def _stream_chat(self, shots, persona, question, sampling, fspo, include_usage, headers, t0):
-        gen = self.answer.options(stream=True).stream.remote(shots, persona, question, sampling)
+    async def _stream_chat(self, answer, shots, persona, question, sampling, fspo, include_usage, headers, t0):
+        gen = answer.options(stream=True).stream.remote(shots, persona, question, sampling)
         # The first item comes before the response starts, so overload is still a plain 503.
         t1 = time.perf_counter()
         first = await self._call("answer", gen.__anext__())

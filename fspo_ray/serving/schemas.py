@@ -38,6 +38,10 @@ class FspoOptions(Strict):
     preferences: list[PreferenceIn] | None = Field(
         None, description="The user's preferences; omitted: the ones stored for user_id."
     )
+    context: Literal["user", "none"] = Field(
+        "user", description="'user': personalized (shots + persona); 'none': the unpersonalized answer, from the "
+        "question alone (the page's side-by-side view), by page.unpersonalized_model when set."
+    )
 
 
 class StreamOptions(Strict):
@@ -108,7 +112,7 @@ def completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def fspo_block(*, user_id: str, persona: str, cache_hit: bool, preferences_used: int, source: str) -> dict:
+def fspo_block(*, user_id: str, persona: str | None, cache_hit: bool, preferences_used: int, source: str) -> dict:
     return {
         "user_id": user_id,
         "persona": persona,

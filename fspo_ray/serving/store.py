@@ -38,6 +38,9 @@ class ProfileStore(Protocol):
     def deletions_since(self, seq: int, retain_s: float) -> tuple[int, list[str]]:
         """User keys deleted after event `seq`, and the newest seq; events older than retain_s are pruned."""
 
+    # Optional: `delete_preference(user_id, index) -> bool` removes one preference (0 = oldest) and
+    # records a deletion event; a custom store without it gets delete_one_preference's fallback.
+
     def ping(self) -> None:
         """Raise if the store cannot serve."""
 
@@ -70,6 +73,16 @@ class InMemoryProfileStore:
             self._seq += 1
             self._events.append((self._seq, user_key(user_id), time.time()))
             return n
+
+    def delete_preference(self, user_id: str, index: int) -> bool:
+        with self._lock:
+            rows = self._prefs.get(user_id, [])
+            if not 0 <= index < len(rows):
+                return False
+            del rows[index]
+            self._seq += 1
+            self._events.append((self._seq, user_key(user_id), time.time()))
+            return True
 
     def deletions_since(self, seq: int, retain_s: float) -> tuple[int, list[str]]:
         with self._lock:
@@ -154,6 +167,23 @@ class SQLiteProfileStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n
 
+    def delete_preference(self, user_id: str, index: int) -> bool:
+        """Remove the user's preference at `index` (0 = oldest); its cached personas go with the deletion event."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                n = self._db.execute(
+                    "DELETE FROM preferences WHERE id = (SELECT id FROM preferences WHERE user_id = ? "
+                    "ORDER BY id LIMIT 1 OFFSET ?)", (user_id, index)).rowcount
+                if n:
+                    self._db.execute("INSERT INTO deletions (user_key, at) VALUES (?, ?)", (user_key(user_id), time.time()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # as delete_user: the text leaves the WAL too
+        return bool(n)
+
     def deletions_since(self, seq: int, retain_s: float) -> tuple[int, list[str]]:
         with self._lock:
             rows = self._db.execute("SELECT seq, user_key FROM deletions WHERE seq > ? ORDER BY seq", (seq,)).fetchall()
@@ -170,6 +200,20 @@ class SQLiteProfileStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def delete_one_preference(store: ProfileStore, user_id: str, index: int, max_keep: int) -> bool:
+    """One preference removed; a store without delete_preference is rewritten (delete, then re-add the rest)."""
+    if hasattr(store, "delete_preference"):
+        return store.delete_preference(user_id, index)
+    prefs = store.get_preferences(user_id)
+    if not 0 <= index < len(prefs):
+        return False
+    store.delete_user(user_id)
+    rest = prefs[:index] + prefs[index + 1:]
+    if rest:
+        store.add_preferences(user_id, rest, max_keep)
+    return True
 
 
 def make_store(kind: str, path: str, class_path: str | None = None) -> ProfileStore:
