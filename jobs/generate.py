@@ -20,12 +20,12 @@ WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def generate(cfg: RunConfig) -> dict:
-    from fspo_ray.generation.checks import check_cluster, check_inputs
+    from fspo_ray.generation.checks import autoscaling_ceiling, check_cluster, check_inputs
     from fspo_ray.generation.pipeline import run_generate
 
     check_inputs(cfg)  # persona/question files, embedder: before Ray starts
     resources = init_ray(cfg.ray, runtime_env={"env_vars": WORKER_ENV})
-    check_cluster(cfg, resources)  # pools that could never be scheduled: before anything runs
+    check_cluster(cfg, resources, autoscaling_ceiling())  # pools that could never be scheduled: before anything runs
     report = run_generate(cfg)
     le = report["label_entropy_nats"]
     print(

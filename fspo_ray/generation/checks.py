@@ -127,19 +127,36 @@ def pools(cfg) -> list[tuple[str, int, dict]]:
     return out
 
 
-def check_cluster(cfg, resources: dict) -> None:
-    """Fail when a pool asks for more than the whole cluster has (it would never schedule)."""
-    if not cfg.generate.check_resources:
-        return
+def autoscaling_ceiling() -> dict | None:
+    """What an autoscaling cluster can grow to, for `check_cluster`: None without an autoscaler;
+    the node groups' maximum resources where the autoscaler reports them to the GCS (autoscaler v2,
+    KubeRay); {} where an autoscaler runs but its bounds are not visible from here (v1)."""
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    most = ray._private.state.state.get_max_resources_from_cluster_config()
+    if most:
+        return {k: float(v) for k, v in most.items()}
+    return {} if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None else None
+
+
+def check_cluster(cfg, resources: dict, ceiling: dict | None = None) -> None:
+    """Fail when a pool asks for more than the whole cluster has, or can grow to under its
+    autoscaler (`ceiling`, see autoscaling_ceiling): such a pool would never schedule. A cluster
+    whose worker groups start at zero nodes has no CPUs until a job asks for them."""
+    if not cfg.generate.check_resources or ceiling == {}:
+        return  # an autoscaler whose bounds we cannot see: it reports infeasible demands itself
     for field, n, per in pools(cfg):
         for kind, amount in per.items():
             if amount <= 0:
                 continue
-            have = float(resources.get(kind, 0.0))
+            have = max(float(resources.get(kind, 0.0)), float((ceiling or {}).get(kind, 0.0)))
             need = n * amount
             if need > have + 1e-9:
                 what = "concurrency" if n > 1 or field != "generate.tasks" else "num_cpus"
+                grow = " (with its autoscaler's largest node groups)" if ceiling else ""
                 raise ConfigError(
                     f"{field}.{what}: {n} worker(s) x {amount:g} {kind} = {need:g} {kind}, but the "
-                    f"cluster has {have:g} {kind}; lower {field}.concurrency or its resources"
+                    f"cluster has {have:g} {kind}{grow}; lower {field}.concurrency or its resources"
                 )

@@ -12,22 +12,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RAY_TEST_CPUS = 4  # logical CPUs on a 2-core machine: room for fractional actors plus Train workers
 
 
+def start_local_ray() -> None:
+    """The session's local Ray (also restarted by tests/ray/test_multinode.py after its own clusters)."""
+    import ray
+
+    # A loaded machine can make the raylet's agents miss their start-up deadline: retry.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=True, log_to_driver=True,
+                     runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+                                               "TOKENIZERS_PARALLELISM": "false"}})
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
 
     if not ray.is_initialized():
-        # A loaded machine can make the raylet's agents miss their start-up deadline: retry.
-        for attempt in range(3):
-            try:
-                ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=True, log_to_driver=True,
-                         runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                                                   "TOKENIZERS_PARALLELISM": "false"}})
-                break
-            except Exception:
-                ray.shutdown()
-                if attempt == 2:
-                    raise
+        start_local_ray()
     yield ray
     ray.shutdown()
 

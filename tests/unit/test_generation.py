@@ -375,6 +375,11 @@ def test_concurrency_beyond_the_cluster_names_the_pool():
     with pytest.raises(ConfigError, match=r"generate\.llm\.generators\[0\]\.concurrency: .* GPU, but the cluster has 8 GPU"):
         check_cluster(gpu, {"CPU": 96.0, "GPU": 8.0})
     check_cluster(_cfg("generate.llm.judge.concurrency=8"), {"CPU": 2.0})  # world: LLM pools unused
+    # An autoscaling cluster: checked against what its node groups can grow to, or left to its autoscaler.
+    check_cluster(gpu, {"CPU": 0.0}, ceiling={"CPU": 6 * 32 + 4 * 192.0, "GPU": 32.0})
+    with pytest.raises(ConfigError, match=r"cluster has 8 GPU \(with its autoscaler's largest node groups\)"):
+        check_cluster(gpu, {"CPU": 0.0}, ceiling={"CPU": 192.0, "GPU": 8.0})
+    check_cluster(gpu, {"CPU": 0.0}, ceiling={})
 
 
 # --- configs and the vLLM path (built, not run) ----------------------------------------------
