@@ -128,6 +128,10 @@ class TinyModelConfig(Section):
     num_kv_heads: int = Field(4, ge=1, description="Key/value heads (grouped-query attention when < num_heads).")
     max_position_embeddings: int = Field(2048, ge=64, description="Longest sequence the model supports.")
     tie_word_embeddings: bool = Field(True, description="Share input and output embeddings.")
+    initializer_range: float = Field(
+        0.02, gt=0.0, description="Std of the random initial weights (Llama's default 0.02; the compact world uses 0.1, "
+        "which leaves attention less uniform at the start and shortens the plateau before in-context reading)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TinyModelConfig:
@@ -154,6 +158,11 @@ class EpisodeConfig(Section):
     template: Literal["markdown", "chat"] = Field(
         "markdown", description="'markdown': the official FSPO template; 'chat': the tokenizer's chat template."
     )
+    signed_shots: bool = Field(
+        False, description="Mark every word of a shot's preferred response with '+' and of its dispreferred one with "
+        "'-' (sign tokens): how a small model trained from scratch tells the sides apart from the tokens themselves. "
+        "Off in the official template; the compact world turns it on."
+    )
     queries_per_episode: int = Field(
         1, ge=1, description="Held-out pairs scored against one encoded support set (the N shots): 1 is the official "
         "episode; Q > 1 encodes the shots once for Q pairs of the same user (same objective, fewer prompt tokens)."
@@ -171,6 +180,10 @@ class LossConfig(Section):
     beta: float = Field(0.01, gt=0.0, description="KL strength (official FSPO recipe: 0.01).")
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=0.5, description="cDPO label smoothing (dpo only): assumed label-flip probability."
+    )
+    rpo_alpha: float = Field(
+        0.0, ge=0.0, description="Weight of the chosen completion's mean token NLL added to the preference loss "
+        "(RPO, arXiv 2404.19733; TRL's rpo_alpha). 0: plain DPO/IPO as in the official recipe."
     )
 
     @model_validator(mode="after")
@@ -212,12 +225,27 @@ class StageConfig(Section):
     lr: float = Field(1e-6, gt=0.0, description="Peak learning rate (official FSPO recipe: 1e-6).")
     optimizer: Literal["rmsprop", "adamw"] = Field("rmsprop", description="Optimizer (official recipe: RMSprop).")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay.")
-    warmup_steps: int = Field(150, ge=0, description="Linear warmup steps, then constant (official recipe: 150).")
+    warmup_steps: int = Field(150, ge=0, description="Linear warmup steps, then the schedule (official recipe: 150).")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="After warmup: 'constant' (official recipe) or 'cosine' decay to min_lr_ratio x lr "
+        "at the stage's last step (steadier end point for models trained from scratch)."
+    )
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine: the final learning rate as a share of lr.")
     grad_clip: float = Field(10.0, gt=0.0, description="Gradient-norm clip (official recipe: 10).")
     num_samples: int = Field(4, ge=2, description="describe_preference: descriptions sampled per episode (K).")
     sample_temperature: float = Field(1.0, gt=0.0, description="describe_preference: sampling temperature.")
     max_description_tokens: int = Field(80, ge=8, description="describe_preference: longest sampled description.")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="Episodes per optimizer step for this stage (unset: train.global_batch_size)."
+    )
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="Episodes per forward/backward on one worker for this stage (unset: train.micro_batch_size)."
+    )
     loss_type: Literal["ipo", "dpo"] | None = Field(None, description="Preference loss (unset: loss.loss_type).")
+    rpo_alpha: float | None = Field(
+        None, ge=0.0, description="Preference kinds: weight of the chosen completion's NLL added to DPO/IPO (RPO; "
+        "TRL's rpo_alpha; unset: loss.rpo_alpha)."
+    )
     beta: float | None = Field(None, gt=0.0, description="Preference beta (unset: loss.beta).")
 
 
@@ -262,12 +290,16 @@ class TrainConfig(Section):
     def _check(self) -> TrainConfig:
         if self.zero_stage not in (2, 3):
             raise ValueError(f"zero_stage must be 2 or 3 (got {self.zero_stage})")
-        per_step = self.micro_batch_size * self.num_workers
-        if self.global_batch_size % per_step:
-            raise ValueError(
-                f"global_batch_size ({self.global_batch_size}) must be a multiple of micro_batch_size x num_workers "
-                f"({self.micro_batch_size} x {self.num_workers} = {per_step})"
-            )
+        for where, gbs, mbs in [("", self.global_batch_size, self.micro_batch_size)] + [
+            (f"stages[{i}] ({s.name}).", s.global_batch_size or self.global_batch_size, s.micro_batch_size or self.micro_batch_size)
+            for i, s in enumerate(self.stages) if s.global_batch_size or s.micro_batch_size
+        ]:
+            per_step = mbs * self.num_workers
+            if gbs % per_step:
+                raise ValueError(
+                    f"{where}global_batch_size ({gbs}) must be a multiple of micro_batch_size x num_workers "
+                    f"({mbs} x {self.num_workers} = {per_step})"
+                )
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -292,6 +324,11 @@ class TrainConfig(Section):
     @property
     def grad_accum_steps(self) -> int:
         return self.global_batch_size // (self.micro_batch_size * self.num_workers)
+
+    def batch_of(self, stage: StageConfig) -> tuple[int, int]:
+        """(micro-batch, accumulation steps) of a stage."""
+        micro = stage.micro_batch_size or self.micro_batch_size
+        return micro, (stage.global_batch_size or self.global_batch_size) // (micro * self.num_workers)
 
 
 class RunConfig(Section):

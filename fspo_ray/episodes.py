@@ -147,13 +147,25 @@ def build_episodes(
 # --------------------------------------------------------------------------- rendering
 
 
-def render_shot(index: int, shot: Preference) -> str:
-    """One example block of the official FSPO template (1-based index)."""
+def sign_words(text: str, sign: str) -> str:
+    """Every whitespace-separated word of `text` with `sign` in front: "tone: formal" -> "+tone: +formal"."""
+    return " ".join(sign + word for word in text.split())
+
+
+def render_shot(index: int, shot: Preference, signed: bool = False) -> str:
+    """One example block of the official FSPO template (1-based index).
+
+    `signed` marks every word of the preferred response with '+' and of the dispreferred one
+    with '-': sign tokens that tell a small model trained from scratch which side a word was on
+    from the token itself, as a segment embedding would (docs/training.md). Off by default: the
+    official template and pretrained models read the headers.
+    """
+    chosen, rejected = (sign_words(shot.chosen, "+"), sign_words(shot.rejected, "-")) if signed else (shot.chosen, shot.rejected)
     return (
         f"# Example {index}\n"
         f"## Question \n{shot.question}\n"
-        f"## Preferred Response \n{shot.chosen}\n"
-        f"## Dispreferred Response \n{shot.rejected}\n"
+        f"## Preferred Response \n{chosen}\n"
+        f"## Dispreferred Response \n{rejected}\n"
         "\n"
     )
 
@@ -163,25 +175,25 @@ def render_query(question: str) -> str:
     return TASK_LINE + f"## Question \n{question}\n"
 
 
-def render_prefix(shots: Sequence[Preference], user_description: str | None = None) -> str:
+def render_prefix(shots: Sequence[Preference], user_description: str | None = None, signed: bool = False) -> str:
     """Everything before the question: N examples, then (RAT) the user description, so one
     encoded prefix serves every question of the user (multi-query episodes, serving)."""
-    text = "".join(render_shot(i + 1, s) for i, s in enumerate(shots))
+    text = "".join(render_shot(i + 1, s, signed) for i, s in enumerate(shots))
     if user_description is not None:
         text += DESCRIPTION_HEADER + f"{user_description}\n"
     return text
 
 
 def render_prompt(
-    shots: Sequence[Preference], question: str, user_description: str | None = None
+    shots: Sequence[Preference], question: str, user_description: str | None = None, signed: bool = False
 ) -> str:
     """The official markdown prompt: N examples, (RAT: the user description,) the task and the question."""
-    return render_prefix(shots, user_description) + render_query(question)
+    return render_prefix(shots, user_description, signed) + render_query(question)
 
 
-def render_describe_prompt(shots: Sequence[Preference]) -> str:
+def render_describe_prompt(shots: Sequence[Preference], signed: bool = False) -> str:
     """RAT stage 1: the shots, then a request to write the user description."""
-    return render_prefix(shots) + DESCRIBE_TASK_LINE + DESCRIPTION_HEADER
+    return render_prefix(shots, signed=signed) + DESCRIBE_TASK_LINE + DESCRIPTION_HEADER
 
 
 def render_completion(response: str, eos_token: str) -> str:
@@ -257,6 +269,7 @@ def encode_episode(
     rat: bool = False,
     apply_chat_template: Callable[..., str] | None = None,
     task: str = "answer",
+    signed: bool = False,
 ) -> EncodedEpisode | None:
     """Tokenize an episode so every query fits `max_length` (prefix + question + its longer
     completion: the sequence the model sees when that query is scored alone).
@@ -283,7 +296,7 @@ def encode_episode(
     completions = [(encode(c), encode(r)) for _, c, r in queries]
     shots = list(episode.shots)
     while True:
-        prefix = render_prefix(shots, description)
+        prefix = render_prefix(shots, description, signed)
         encoded = []
         for (query, _, _), (c, r) in zip(queries, completions, strict=True):
             if template == "chat":

@@ -82,14 +82,15 @@ PREFERENCE_KINDS = ("preference", "describe_preference")
 
 
 def step_loss(out, ref: dict[str, torch.Tensor] | None, *, kind: str, loss_type: str = "ipo", beta: float = 0.1,
-              label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              label_smoothing: float = 0.0, rpo_alpha: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The one objective of every stage: the scalar loss of a micro-batch and its summed statistics.
 
     `out` holds (P,) summed policy log-probs and token counts of P pairs (a `ForwardOutput`);
     `ref` the reference log-probs (`ref_chosen_logps`, `ref_rejected_logps`, each (P,)) for
     preference kinds. SFT kinds (Pref-FT and the RAT describe stage) minimise the mean token
-    NLL over both completions; preference kinds DPO/IPO on each pair. Statistics are sums over
-    the micro-batch (divide by `pairs` after reducing over ranks).
+    NLL over both completions; preference kinds DPO/IPO on each pair, plus `rpo_alpha` times the
+    chosen completion's mean token NLL (RPO, arXiv 2404.19733; TRL's `rpo_alpha`). Statistics are
+    sums over the micro-batch (divide by `pairs` after reducing over ranks).
     """
     pairs = torch.tensor(float(len(out.chosen_logps)), dtype=torch.float64)
     tokens = (out.chosen_tokens + out.rejected_tokens).sum()
@@ -103,6 +104,7 @@ def step_loss(out, ref: dict[str, torch.Tensor] | None, *, kind: str, loss_type:
         out.chosen_logps, out.rejected_logps, ref["ref_chosen_logps"], ref["ref_rejected_logps"],
         loss_type=loss_type, beta=beta, label_smoothing=label_smoothing,
     )
+    loss = losses.mean()
     stats = {
         "loss": losses.detach().sum(),
         "pairs": pairs,
@@ -112,7 +114,11 @@ def step_loss(out, ref: dict[str, torch.Tensor] | None, *, kind: str, loss_type:
         "chosen_reward": cr.sum(),
         "rejected_reward": rr.sum(),
     }
-    return losses.mean(), stats
+    if rpo_alpha:
+        nll = -(out.chosen_logps / out.chosen_tokens.clamp(min=1))  # (P,) mean token NLL of each chosen completion
+        loss = loss + rpo_alpha * nll.mean()
+        stats["chosen_nll"] = nll.detach().sum()
+    return loss, stats
 
 
 def implicit_reward_correct(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

@@ -72,7 +72,11 @@ def train_word_tokenizer(words: Iterable[str], template_pieces: Iterable[str], m
     from fspo_ray.world.rendering import COMPACT_PUNCTUATION
 
     specials = [*SPECIAL_TOKENS.values(), CHAT_TURN_START, CHAT_HEADER_END, CHAT_TURN_END, UNK_TOKEN]
-    plain = list(dict.fromkeys([*words, *(str(i) for i in range(1, max_index + 1)), "user", "assistant", "system"]))
+    words = list(words)
+    # Each word also as a sign token, '+word' / '-word': episodes.signed_shots marks the words of a shot's
+    # preferred / dispreferred response with them.
+    signed = [f"{sign}{w}" for sign in "+-" for w in words]
+    plain = list(dict.fromkeys([*words, *signed, *(str(i) for i in range(1, max_index + 1)), "user", "assistant", "system"]))
     vocab = {t: i for i, t in enumerate(specials + plain)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     tok.normalizer = normalizers.Replace(Regex(f"[{COMPACT_PUNCTUATION}]"), " ")
@@ -207,6 +211,21 @@ def load_model_and_tokenizer(
     return model.to(device), tokenizer
 
 
+PROMPT_CONTRACT = "fspo_prompt.json"
+
+
+def read_prompt_contract(name_or_path: str) -> dict | None:
+    """How a model exported by a training stage expects its prompts (template, signed shots,
+    trained N, RAT, ...), from `fspo_prompt.json` next to its weights; None for other models
+    (a hub id, a model this project did not train)."""
+    import json
+
+    path = Path(name_or_path) / PROMPT_CONTRACT
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
 def corpus_texts(cfg) -> list[str]:
     """Text for the tokenizer: the configured files, else the simulated world's text."""
     from fspo_ray.errors import FspoError
@@ -246,6 +265,7 @@ def build_tiny_from_config(cfg) -> Path:
         max_position_embeddings=t.max_position_embeddings,
         tie_word_embeddings=t.tie_word_embeddings,
         seed=cfg.seed,
+        initializer_range=t.initializer_range,
     )
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("tiny model: %.2fM parameters, vocab %d", n_params / 1e6, len(tokenizer))

@@ -118,6 +118,10 @@ class PersonalizeConfig(Section):
     template: Literal["markdown", "chat"] = Field(
         "markdown", description="'markdown': the official FSPO template; 'chat': it as one user turn of the chat template."
     )
+    signed_shots: bool = Field(
+        False, description="Sign tokens on the shots' responses ('+word' preferred, '-word' dispreferred), as the "
+        "model was trained (its fspo_prompt.json says)."
+    )
     num_shots: int = Field(8, ge=1, description="Most recent preferences rendered as shots (older ones are ignored).")
     max_prompt_tokens: int | None = Field(
         None, ge=16, description="Prompt + generation token budget; whole oldest shots are dropped to fit "
@@ -173,8 +177,9 @@ class Generation:
 class _Stage:
     """One engine with its tokenizer-derived prompt helpers."""
 
-    def __init__(self, engine: Engine, cfg: EngineConfig, template: str, max_prompt_tokens: int | None):
-        self.engine, self.cfg, self.template = engine, cfg, template
+    def __init__(self, engine: Engine, cfg: EngineConfig, template: str, max_prompt_tokens: int | None,
+                 signed_shots: bool = False):
+        self.engine, self.cfg, self.template, self.signed_shots = engine, cfg, template, signed_shots
         self.tokenizer = _tokenizer(engine)
         if template == "chat" and (self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)):
             raise FspoError(f"template 'chat' needs a tokenizer with a chat template; {cfg.model} has none")
@@ -207,8 +212,24 @@ class Personalizer:
     def __init__(self, persona_engine: Engine | None, answer_engine: Engine | None, cfg: PersonalizeConfig):
         self.cfg = cfg
         budget = cfg.max_prompt_tokens
-        self._persona = _Stage(persona_engine, cfg.persona, cfg.template, budget) if persona_engine else None
-        self._answer = _Stage(answer_engine, cfg.answer, cfg.template, budget) if answer_engine else None
+        self._persona = self._answer = None
+        if persona_engine:
+            template, signed = self._prompting(cfg, cfg.persona)
+            self._persona = _Stage(persona_engine, cfg.persona, template, budget, signed)
+        if answer_engine:
+            template, signed = self._prompting(cfg, cfg.answer)
+            self._answer = _Stage(answer_engine, cfg.answer, template, budget, signed)
+
+    @staticmethod
+    def _prompting(cfg: PersonalizeConfig, stage: EngineConfig) -> tuple[str, bool]:
+        """(template, signed shots) of one stage: what the config sets explicitly, else what the stage's
+        model was trained with (its fspo_prompt.json), else the official markdown template."""
+        from fspo_ray.modeling import read_prompt_contract
+
+        contract = read_prompt_contract(stage.model) or {}
+        template = cfg.template if "template" in cfg.model_fields_set else contract.get("template", cfg.template)
+        signed = cfg.signed_shots if "signed_shots" in cfg.model_fields_set else contract.get("signed_shots", False)
+        return template, signed
 
     @classmethod
     def from_config(cls, cfg: PersonalizeConfig, stages: Sequence[str] = ("persona", "answer")) -> Personalizer:
@@ -255,7 +276,7 @@ class Personalizer:
         stage = self._stage("persona")
         budget = max_new_tokens or stage.cfg.max_new_tokens
         return self._fit(stage, self._clean_shots(stage, shots),
-                         lambda s: stage.wrap(render_describe_prompt(s)), budget)
+                         lambda s: stage.wrap(render_describe_prompt(s, stage.signed_shots)), budget)
 
     def answer_prompt(self, shots: Sequence[Preference], description: str | None, question: str,
                       max_new_tokens: int | None = None) -> tuple[str, int, int]:
@@ -266,7 +287,7 @@ class Personalizer:
         q = sanitize_user_text(question, stage.special_tokens)
         d = None if description is None else sanitize_user_text(description, stage.special_tokens)
         return self._fit(stage, self._clean_shots(stage, shots),
-                         lambda s: stage.wrap(render_prompt(s, q, d)) + RESPONSE_HEADER, budget)
+                         lambda s: stage.wrap(render_prompt(s, q, d, stage.signed_shots)) + RESPONSE_HEADER, budget)
 
     # ------------------------------------------------------------------ generation
 

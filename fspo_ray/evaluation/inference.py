@@ -25,6 +25,8 @@ OUTPUT_COLUMNS = ("request_id", "text", "shots_used", "prompt_tokens", "finish_r
 
 
 def personalize_config(model_path: str, inf: InferenceConfig, max_shots: int):
+    """The Personalizer config of one evaluated model; template and sign tokens come from what the
+    model was trained with (its fspo_prompt.json, read by the Personalizer)."""
     from fspo_ray.personalize import EngineConfig, PersonalizeConfig
 
     common = dict(model=model_path, kind=inf.engine, dtype=inf.dtype, batch_size=inf.batch_size, temperature=0.0)

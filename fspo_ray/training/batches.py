@@ -68,7 +68,7 @@ def encode_examples(episodes: Sequence[Episode], tokenizer, stage, plan) -> tupl
     for e in episodes:
         enc = encode_episode(e, encode, eos_token=tokenizer.eos_token, max_length=plan.max_length,
                              min_shots=stage.min_shots, template=plan.template, rat=stage.rat,
-                             apply_chat_template=chat, task=stage.task)
+                             apply_chat_template=chat, task=stage.task, signed=plan.signed_shots)
         if enc is None:
             dropped += 1
             continue

@@ -21,10 +21,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from fspo_ray.modeling import PROMPT_CONTRACT
 from fspo_ray.training.plan import RunPlan, StagePlan
 
 CLIENT_STATE = "fspo_state.json"
-PROMPT_CONTRACT = "fspo_prompt.json"
 STAGE_RECORD = "fspo_stage.json"
 SPLIT_NAMES = ("train", "held_out", "interpolated")
 
@@ -39,9 +39,9 @@ def _ds_config(plan: RunPlan, stage: StagePlan, world_size: int) -> dict:
     if plan.zero_stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=0)
     return {
-        "train_micro_batch_size_per_gpu": plan.micro_batch,
-        "gradient_accumulation_steps": plan.accum,
-        "train_batch_size": plan.micro_batch * plan.accum * world_size,
+        "train_micro_batch_size_per_gpu": stage.micro_batch,
+        "gradient_accumulation_steps": stage.accum,
+        "train_batch_size": stage.micro_batch * stage.accum * world_size,
         "gradient_clipping": stage.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": plan.use_gpu},
@@ -157,7 +157,7 @@ class StageRun:
             episodes = stage_episodes(self.users["train"], st, p, epoch)
             examples, d = encode_examples(episodes, tok, st, p)
             dropped += d
-            steps = steps_of(len(examples), rank=self.rank, world_size=self.world, micro_batch=p.micro_batch, accum=p.accum)
+            steps = steps_of(len(examples), rank=self.rank, world_size=self.world, micro_batch=st.micro_batch, accum=st.accum)
             if st.kind == "describe_preference":
                 self._sample_descriptions(model, tok, episodes, examples, steps, epoch)
             self.epochs.append((examples, steps))
@@ -202,7 +202,7 @@ class StageRun:
         if not hasattr(self, "_ranker"):
             self._ranker = DescriptionRanker(p.embedder_path, device=self.device)
         eps = [e for _, e in todo]
-        samples = sample_texts(model, tok, describe_prompts(eps, tok, p.template), k=st.num_samples,
+        samples = sample_texts(model, tok, describe_prompts(eps, tok, p.template, p.signed_shots), k=st.num_samples,
                                temperature=st.sample_temperature, max_new_tokens=st.max_description_tokens,
                                seed=hash((p.seed, epoch, self.rank)) % (2**31), device=self.device)
         sims = self._ranker.similarities(samples, [e.user_description for e in eps])
@@ -226,7 +226,7 @@ class StageRun:
         sets = [[ex[i] for step in steps for micro in step for i in micro] for ex, steps in self.epochs]
         sets += list(self.scored.values())
         for rows in sets:
-            c, r = score(ref, rows, pad_token_id=pad, micro_batch=max(8, self.plan.micro_batch), device=self.device)
+            c, r = score(ref, rows, pad_token_id=pad, micro_batch=max(8, self.stage.micro_batch), device=self.device)
             attach_reference(rows, c, r)
         if ref is not model:
             del ref
@@ -245,7 +245,7 @@ class StageRun:
         for k in keys:
             rows = self.scored[k]
             if rows:
-                c, r = score(model, rows, pad_token_id=self.tok.pad_token_id, micro_batch=max(8, self.plan.micro_batch),
+                c, r = score(model, rows, pad_token_id=self.tok.pad_token_id, micro_batch=max(8, self.stage.micro_batch),
                              device=self.device)
                 correct, n = reward_correct(rows, c, r)
             else:
@@ -300,8 +300,7 @@ class StageRun:
             model = get_peft_model(model, LoraConfig(r=p.lora_rank, lora_alpha=p.lora_alpha,
                                                      target_modules="all-linear", task_type="CAUSAL_LM"))
         optimizer = _optimizer(st, [q for q in model.parameters() if q.requires_grad])
-        warmup = max(1, st.warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(st, self.total_steps))
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=_ds_config(p, st, self.world),
             dist_init_required=False,
@@ -341,7 +340,7 @@ class StageRun:
                     batch = {k: v.to(self.device) for k, v in collate_tree(rows, self.tok.pad_token_id).items()}
                     out = tree_forward(module, batch)
                     loss, stats = step_loss(out, batch, kind=st.kind, loss_type=st.loss_type, beta=st.beta,
-                                            label_smoothing=st.label_smoothing)
+                                            label_smoothing=st.label_smoothing, rpo_alpha=st.rpo_alpha)
                     engine.backward(loss)
                     engine.step()
                     processed += tokens_in(rows)
@@ -411,6 +410,21 @@ class StageDiverged(RuntimeError):
     """The loss became non-finite; the driver turns diverged.json into the user's message."""
 
 
+def lr_factor(stage: StagePlan, total_steps: int):
+    """The learning-rate multiplier at an optimizer step: linear warmup, then constant or cosine
+    decay to min_lr_ratio at the stage's last step."""
+    warmup = max(1, stage.warmup_steps)
+
+    def factor(step: int) -> float:
+        w = min(1.0, (step + 1) / warmup)
+        if stage.schedule == "cosine" and step >= warmup:
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            w *= stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return w
+
+    return factor
+
+
 def p_sweep(plan: RunPlan, stage: StagePlan) -> list[int]:
     """Shots of the held-out reward-accuracy sweep: 0 and powers of two up to twice the trained N."""
     if stage.num_shots == 0:
@@ -456,7 +470,7 @@ def prompt_contract(plan: RunPlan, stage: StagePlan, tok) -> dict:
     """How the model was trained to be prompted: evaluation and serving read it (fspo_prompt.json)."""
     from fspo_ray.episodes import RESPONSE_HEADER
 
-    return {"template": plan.template, "num_shots": stage.num_shots, "rat": stage.rat, "task": stage.task,
+    return {"template": plan.template, "signed_shots": plan.signed_shots, "num_shots": stage.num_shots, "rat": stage.rat, "task": stage.task,
             "max_length": plan.max_length, "queries_per_episode": stage.queries, "eos_token": tok.eos_token,
             "response_header": RESPONSE_HEADER, "stage": stage.name, "kind": stage.kind}
 

@@ -25,6 +25,8 @@ class StagePlan:
     num_shots: int
     min_shots: int
     queries: int  # held-out pairs per episode scored against one encoded prefix
+    micro_batch: int  # episodes per forward/backward on one worker
+    accum: int  # micro-batches per optimizer step
     rat: bool
     task: str  # "answer" or "describe"
     epochs: int
@@ -33,10 +35,13 @@ class StagePlan:
     optimizer: str
     weight_decay: float
     warmup_steps: int
+    schedule: str
+    min_lr_ratio: float
     grad_clip: float
     loss_type: str
     beta: float
     label_smoothing: float
+    rpo_alpha: float
     num_samples: int
     sample_temperature: float
     max_description_tokens: int
@@ -56,10 +61,9 @@ class RunPlan:
     pref_dir: str
     seed: int
     template: str
+    signed_shots: bool
     max_length: int
     repeats_per_epoch: int
-    micro_batch: int
-    accum: int
     zero_stage: int
     use_gpu: bool
     dtype: str
@@ -117,23 +121,26 @@ def make_plan(cfg: RunConfig, *, fail_at: dict | None = None, embedder_path: str
         n = stage_shots(cfg, st)
         loss_type = st.loss_type or cfg.loss.loss_type
         preference = st.kind in PREFERENCE_KINDS
+        micro, accum = t.batch_of(st)
         stages.append(StagePlan(
             name=st.name, kind=st.kind, init_path=resolve_model(cfg, st.init_from),
             reference_path=resolve_model(cfg, st.reference or st.init_from) if preference else None,
             export_dir=str(model_dir(cfg, st.name)), stage_dir=str(out / "train" / st.name),
-            num_shots=n, min_shots=min(cfg.episodes.min_shots, n), queries=stage_queries(cfg, st), rat=st.rat,
+            num_shots=n, min_shots=min(cfg.episodes.min_shots, n), queries=stage_queries(cfg, st), micro_batch=micro, accum=accum, rat=st.rat,
             task="describe" if st.kind.startswith("describe") else "answer", epochs=st.epochs,
             max_episodes=st.max_episodes, lr=st.lr, optimizer=st.optimizer, weight_decay=st.weight_decay,
-            warmup_steps=st.warmup_steps, grad_clip=st.grad_clip, loss_type=loss_type,
+            warmup_steps=st.warmup_steps, schedule=st.schedule, min_lr_ratio=st.min_lr_ratio, grad_clip=st.grad_clip, loss_type=loss_type,
             beta=st.beta or cfg.loss.beta, label_smoothing=cfg.loss.label_smoothing if loss_type == "dpo" else 0.0,
+            rpo_alpha=cfg.loss.rpo_alpha if st.rpo_alpha is None else st.rpo_alpha,
             num_samples=st.num_samples, sample_temperature=st.sample_temperature,
             max_description_tokens=st.max_description_tokens,
             score=st.kind == "preference", curve_every=t.curve_every if st.kind == "preference" else 0,
         ))
     return RunPlan(
         run_name=cfg.run_name, pref_dir=str(out / "prefs"), seed=cfg.seed, template=cfg.episodes.template,
+        signed_shots=cfg.episodes.signed_shots,
         max_length=cfg.episodes.max_length, repeats_per_epoch=cfg.episodes.repeats_per_epoch,
-        micro_batch=t.micro_batch_size, accum=t.grad_accum_steps, zero_stage=t.zero_stage, use_gpu=t.use_gpu,
+        zero_stage=t.zero_stage, use_gpu=t.use_gpu,
         dtype=cfg.model.dtype, attn_implementation=cfg.model.attn_implementation,
         gradient_checkpointing=t.gradient_checkpointing, lora_rank=t.lora_rank, lora_alpha=t.lora_alpha,
         checkpoint_every=t.checkpoint_every, eval_users_per_split=t.eval_users_per_split,

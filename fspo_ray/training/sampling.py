@@ -12,8 +12,8 @@ import torch
 from fspo_ray.episodes import Episode, Preference, apply_chat, render_describe_prompt
 
 
-def describe_prompts(episodes: Sequence[Episode], tokenizer, template: str) -> list[str]:
-    prompts = [render_describe_prompt(e.shots) for e in episodes]
+def describe_prompts(episodes: Sequence[Episode], tokenizer, template: str, signed: bool = False) -> list[str]:
+    prompts = [render_describe_prompt(e.shots, signed) for e in episodes]
     if template == "chat":
         prompts = [apply_chat(p, tokenizer.apply_chat_template) for p in prompts]
     return prompts

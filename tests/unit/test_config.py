@@ -60,7 +60,7 @@ def test_cross_field_checks():
     with pytest.raises(ConfigError, match=r"episodes: Value error, min_shots \(5\) must be <= num_shots \(4\)"):
         load_config(WORLD, ["episodes.num_shots=4", "episodes.min_shots=5"])
     with pytest.raises(ConfigError, match=r"label_smoothing applies to loss_type 'dpo' only, not 'ipo'"):
-        load_config(WORLD, ["loss.label_smoothing=0.1"])
+        load_config(WORLD, ["loss.loss_type=ipo", "loss.label_smoothing=0.1"])
     with pytest.raises(ConfigError, match=r"hidden_size \(250\) must be divisible by num_heads \(4\)"):
         load_config(WORLD, ["tiny_model.hidden_size=250"])
 

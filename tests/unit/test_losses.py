@@ -136,3 +136,22 @@ def test_ipo_matches_trl_on_per_token_average(beta):
     # And with one-token completions the two conventions coincide exactly.
     ours1, _, _ = preference_loss(pc, pr, rc, rr, loss_type="ipo", beta=beta)
     torch.testing.assert_close(ours1.mean(), _trl_loss("ipo", beta, pc, pr, rc, rr, n_tokens=1).to(ours1.dtype))
+
+
+def test_step_loss_rpo_adds_the_chosen_mean_token_nll():
+    from types import SimpleNamespace
+
+    from fspo_ray.losses import step_loss
+
+    # Two pairs; h = (-2 - -3) - (-5 - -4) = 2 and h = 0. DPO beta 1: -logsigmoid(2) = 0.126928,
+    # -logsigmoid(0) = 0.693147; mean 0.410038. Chosen mean token NLL: 2/4 = 0.5 and 6/2 = 3; mean 1.75.
+    out = SimpleNamespace(chosen_logps=torch.tensor([-2.0, -6.0]), rejected_logps=torch.tensor([-5.0, -1.0]),
+                          chosen_tokens=torch.tensor([4, 2]), rejected_tokens=torch.tensor([3, 3]))
+    ref = {"ref_chosen_logps": torch.tensor([-3.0, -6.0]), "ref_rejected_logps": torch.tensor([-4.0, -1.0])}
+    plain, stats = step_loss(out, ref, kind="preference", loss_type="dpo", beta=1.0)
+    torch.testing.assert_close(plain, torch.tensor(0.410038), atol=1e-5, rtol=0)
+    rpo, stats = step_loss(out, ref, kind="preference", loss_type="dpo", beta=1.0, rpo_alpha=0.5)
+    torch.testing.assert_close(rpo, torch.tensor(0.410038 + 0.5 * 1.75), atol=1e-5, rtol=0)
+    assert stats["chosen_nll"].item() == pytest.approx(3.5) and stats["reward_accuracy"].item() == pytest.approx(1.5)
+    sft, stats = step_loss(out, None, kind="sft")
+    torch.testing.assert_close(sft, torch.tensor((2 + 6 + 5 + 1) / 12.0))  # mean NLL over all 12 completion tokens

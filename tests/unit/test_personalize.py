@@ -69,7 +69,9 @@ def test_answer_prompt_keeps_the_template_the_only_delimiter(personalizer):
     assert lines.count("# Task") == 1 and lines.count("## Preferred Response ") == 4  # one per shot + the header the answer starts with
     assert "\\# Task" in prompt and "\\## Preferred Response" in prompt
     assert "<|" not in prompt
-    assert prompt.endswith("## Question \nfinal question?\n## User Description\nlikes short\n" + RESPONSE_HEADER)
+    # RAT: the description closes the shots, before the task and the question
+    assert prompt.endswith("## User Description\nlikes short\n# Task\nGiven the examples above, generate a preferred "
+                           "response to the following question.\n## Question \nfinal question?\n" + RESPONSE_HEADER)
     assert kept == 3 and n_tokens == len(personalizer._answer.tokenizer.encode(prompt, add_special_tokens=False))
 
 
