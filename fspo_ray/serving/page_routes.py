@@ -71,6 +71,10 @@ def page_routes(api: FastAPI) -> type:
             self._page()
             return Response(asset("index.html"), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
+        @api.get("/favicon.ico")
+        async def favicon(self):
+            return Response(status_code=204)  # browsers ask for it on any page; there is none
+
         @api.get("/static/{name}")
         async def static(self, name: str):
             self._page()

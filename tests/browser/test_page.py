@@ -70,7 +70,6 @@ def open_page(browser, url, key=KEY):
     """Load the page with the API key already in this tab's session storage."""
     browser.get(url + "/static/style.css")  # same origin, no script: set the key before the page runs
     browser.execute_script("sessionStorage.setItem('fspo_api_key', arguments[0])", key)
-    browser.get_log("browser")  # drop the stylesheet visit's favicon 404: the console checks are the page's
     browser.get(url + "/")
     wait(browser, lambda d: not by_id(d, "pair").get_attribute("hidden"), what="the first pair")
 
