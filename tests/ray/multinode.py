@@ -159,7 +159,7 @@ class LocalCluster:
     none is left (ours only).
     """
 
-    def __init__(self, spec: ClusterSpec | None = None):
+    def __init__(self, spec: ClusterSpec | None = None, env: dict[str, str] | None = None):
         from unittest import mock
 
         import ray
@@ -170,8 +170,9 @@ class LocalCluster:
         self.spec = spec or cluster_spec()
         self.temp_dir = tempfile.mkdtemp(prefix="fspo-mn-", dir="/tmp")  # short: socket paths must fit 107 bytes
         self.marker = uuid.uuid4().hex
-        self._saved_env = {k: os.environ.get(k) for k in ("FSPO_TEST_CLUSTER",)}
-        os.environ["FSPO_TEST_CLUSTER"] = self.marker  # inherited by every node process we start
+        env = {**(env or {}), "FSPO_TEST_CLUSTER": self.marker}  # inherited by every node process we start
+        self._saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         # Cluster writes the "current cluster" address into the default /tmp/ray; keep it in ours.
         self._patches = [
             mock.patch.object(ray._private.utils, "write_ray_address",
