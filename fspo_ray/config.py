@@ -193,9 +193,6 @@ class LossConfig(Section):
         return self
 
 
-STAGE_KINDS = ("base_sft", "sft", "preference", "describe_sft", "describe_preference")
-
-
 class StageConfig(Section):
     """One training stage; its output directory is the next stage's start."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fspo_ray.errors import FspoError
@@ -316,11 +316,3 @@ def encode_episode(
         if len(shots) <= min_shots:
             return None
         shots = shots[1:]  # drop the oldest whole shot
-
-
-def preferences_from_rows(rows: Iterable[Mapping]) -> dict[str, list[Preference]]:
-    """Parquet rows (the data contract) -> user_id -> that user's preferences, in order."""
-    users: dict[str, list[Preference]] = {}
-    for r in rows:
-        users.setdefault(r["user_id"], []).append(Preference(r["question"], r["chosen"], r["rejected"]))
-    return users

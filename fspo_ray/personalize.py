@@ -28,8 +28,10 @@ from fspo_ray.episodes import (
 )
 from fspo_ray.errors import FspoError
 
-# Generation stops where the model would open a new template section.
-SECTION_STOPS = ("\n# ", "\n## ")
+# Generation stops where the model would open a new template section: a header at a line start, or
+# a template header anywhere (a word-level tokenizer decodes without the newlines).
+SECTION_STOPS = ("\n# ", "\n## ", "# Example", "## Question", "## Preferred Response", "## Dispreferred Response",
+                 "## User Description", "# Task")
 
 # Chat-template control strings of common model families, beyond the tokenizer's own special
 # tokens: Llama-3 / ChatML / Phi `<|...|>`, Llama-2 `[INST]` and `<<SYS>>`, Gemma turns, `<s>`.

@@ -65,7 +65,7 @@ def encode_examples(episodes: Sequence[Episode], tokenizer, stage, plan) -> tupl
 
     chat = tokenizer.apply_chat_template if plan.template == "chat" else None
     out, dropped = [], 0
-    for e in episodes:
+    for index, e in enumerate(episodes):
         enc = encode_episode(e, encode, eos_token=tokenizer.eos_token, max_length=plan.max_length,
                              min_shots=stage.min_shots, template=plan.template, rat=stage.rat,
                              apply_chat_template=chat, task=stage.task, signed=plan.signed_shots)
@@ -73,7 +73,7 @@ def encode_examples(episodes: Sequence[Episode], tokenizer, stage, plan) -> tupl
             dropped += 1
             continue
         example = enc.as_tree_example()
-        example["user_id"] = e.user_id
+        example["user_id"], example["episode"] = e.user_id, index
         out.append(example)
     return out, dropped
 

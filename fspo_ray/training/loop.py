@@ -21,12 +21,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from fspo_ray.data import SPLITS as SPLIT_NAMES
 from fspo_ray.modeling import PROMPT_CONTRACT
 from fspo_ray.training.plan import RunPlan, StagePlan
 
 CLIENT_STATE = "fspo_state.json"
 STAGE_RECORD = "fspo_stage.json"
-SPLIT_NAMES = ("train", "held_out", "interpolated")
 
 
 def is_exported(path: str | Path) -> bool:
@@ -148,7 +148,12 @@ class StageRun:
 
     def _data(self, model, tok) -> None:
         """This rank's training rows per epoch and its share of the scored held-out episodes."""
-        from fspo_ray.training.batches import encode_examples, eval_episodes, stage_episodes, steps_of
+        from fspo_ray.training.batches import (
+            encode_examples,
+            eval_episodes,
+            stage_episodes,
+            steps_of,
+        )
 
         p, st = self.plan, self.stage
         self.epochs: list[tuple[list[dict], list]] = []
@@ -185,18 +190,16 @@ class StageRun:
     def _sample_descriptions(self, model, tok, episodes, examples, steps, epoch: int) -> None:
         """RAT stage 2: replace this rank's rows' completions by the closest/farthest of K sampled descriptions."""
         from fspo_ray.training.batches import encode_examples
-        from fspo_ray.training.sampling import DescriptionRanker, describe_prompts, rank_pairs, sample_texts
+        from fspo_ray.training.sampling import (
+            DescriptionRanker,
+            describe_prompts,
+            rank_pairs,
+            sample_texts,
+        )
 
         p, st = self.plan, self.stage
         mine = sorted({i for step in steps for micro in step for i in micro})
-        by_user = {}
-        for e in episodes:  # the encoded examples keep episode order minus drops: match by user and shots
-            by_user.setdefault(e.user_id, []).append(e)
-        rows = []
-        for i in mine:
-            uid = examples[i]["user_id"]
-            rows.append(by_user[uid].pop(0) if by_user.get(uid) else None)
-        todo = [(i, e) for i, e in zip(mine, rows, strict=True) if e is not None]
+        todo = [(i, episodes[examples[i]["episode"]]) for i in mine]
         if not todo:
             return
         if not hasattr(self, "_ranker"):
@@ -207,12 +210,10 @@ class StageRun:
                                seed=hash((p.seed, epoch, self.rank)) % (2**31), device=self.device)
         sims = self._ranker.similarities(samples, [e.user_description for e in eps])
         ranked, quality = rank_pairs(eps, samples, sims)
-        encoded, _ = encode_examples(ranked, tok, st, p)
-        fits = {e["user_id"]: e for e in encoded}
-        for (i, e), r in zip(todo, ranked, strict=True):
-            new = fits.get(r.user_id)
-            if new is not None:  # a pair over budget keeps the gold/gold row: zero gradient, never a skipped step
-                examples[i] = new
+        for (i, _), r in zip(todo, ranked, strict=True):
+            encoded, _ = encode_examples([r], tok, st, p)
+            if encoded:  # a pair over budget keeps the gold/gold row: zero gradient, never a skipped step
+                examples[i] = encoded[0]
         if self.rank == 0:
             (self.dir / f"description_quality.epoch{epoch}.json").write_text(json.dumps(quality, indent=2))
 

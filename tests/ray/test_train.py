@@ -13,7 +13,7 @@ from fspo_ray.modeling import build_tiny_from_config
 from tests.ray.helpers import FSPO_STAGE, tiny_train_cfg
 from tests.world_fixtures import write_world_prefs
 
-SFT_STAGE = {"name": "sft", "kind": "sft", "lr": 3e-3, "warmup_steps": 1, "optimizer": "adamw"}
+SFT_STAGE = {"name": "sft", "kind": "sft", "lr": 3e-3, "warmup_steps": 1, "optimizer": "adamw", "epochs": 3}
 
 
 def _cfg(out: Path, **train):
