@@ -125,35 +125,43 @@ def llm_judge_rows(comparisons: list[Comparison], label: str) -> list[dict]:
             rows.append({
                 "shard_id": "evaluate",
                 "key": f"{i}|{side}",
-                "payload": "",
+                "payload": "{}",  # the reply is merged into this JSON row by the engine op
                 "engine": label,
                 "messages_json": json.dumps(judge_prompt(c.user.description, question, a, b)),
             })
     return rows
 
 
-def votes_from_replies(n: int, replies: dict[str, str | None]) -> tuple[list[tuple[float, float]], int]:
-    """Judge replies keyed '<index>|<side>' -> votes per comparison, and how many replies were
-    unparseable (each counted as a tie)."""
+def votes_from_replies(n: int, replies: dict[str, str | None],
+                       errors: dict[str, str] | None = None) -> tuple[list[tuple[float, ...]], dict[str, int]]:
+    """Judge replies keyed '<index>|<side>' -> the votes of each comparison, and the dropped
+    judgments by reason. A reply the label parser cannot read, or an engine error, is a dropped
+    judgment (not a tie): the comparison keeps the vote of its other order, or none."""
     from fspo_ray.generation.parsers import Drop, parse_label
 
-    out, unparsed = [], 0
+    out, dropped = [], {}
     for i in range(n):
         votes = []
         for side in ORDERS:
-            label = parse_label(replies.get(f"{i}|{side}"))
+            key = f"{i}|{side}"
+            if (errors or {}).get(key):
+                dropped["engine_error"] = dropped.get("engine_error", 0) + 1
+                continue
+            label = parse_label(replies.get(key))
             if isinstance(label, Drop):
-                unparsed += 1
-                label = "tie"
+                dropped[label.reason] = dropped.get(label.reason, 0) + 1
+                continue
             votes.append(vote(label, side))
-        out.append((votes[0], votes[1]))
-    return out, unparsed
+        out.append(tuple(votes))
+    return out, dropped
 
 
-def llm_votes(comparisons: list[Comparison], judge_cfg, output_dir: str) -> tuple[list[tuple[float, float]], int]:
+def llm_votes(comparisons: list[Comparison], judge_cfg, output_dir: str) -> tuple[list[tuple[float, ...]], dict[str, int]]:
     """The LLM judge on Ray Data: the generation pipeline's engine ops (hf actors or vLLM)."""
     import ray
     import ray.data
+
+    from fspo_ray.generation.pipeline import from_table
 
     llm = judge_cfg.llm
     rows = llm_judge_rows(comparisons, llm.label())
@@ -173,6 +181,20 @@ def llm_votes(comparisons: list[Comparison], judge_cfg, output_dir: str) -> tupl
             batch_size=llm.batch_size,
             num_cpus=llm.num_cpus,
             num_gpus=llm.num_gpus or None,
+            batch_format="pyarrow",
         )
-    replies = {r["key"]: r.get("generated_text") for r in ds.iter_rows()}
-    return votes_from_replies(len(comparisons), replies)
+    replies: dict[str, str | None] = {}
+    errors: dict[str, str] = {}
+    for batch in ds.iter_batches(batch_format="pyarrow"):
+        if "generated_text" in batch.column_names:  # the vLLM processor's rows carry the reply as a column
+            rows_out = batch.to_pylist()
+            for r in rows_out:
+                replies[r["key"]] = r.get("generated_text")
+                if r.get("__inference_error__") or r.get("engine_error"):
+                    errors[r["key"]] = str(r.get("__inference_error__") or "engine error")
+        else:  # the hf actor merged the reply into the row's payload
+            for r in from_table(batch):
+                replies[r["key"]] = r.get("generated_text")
+                if r.get("engine_error"):
+                    errors[r["key"]] = r["engine_error"]
+    return votes_from_replies(len(comparisons), replies, errors)

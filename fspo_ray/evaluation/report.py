@@ -174,26 +174,30 @@ def render_markdown(r: dict) -> str:
     if gen.get("errors") or gen.get("truncated"):
         lines += ["", f"Generation: {gen.get('requests')} requests, {gen.get('errors', 0)} failed (empty answer), "
                       f"{gen.get('truncated', 0)} cut at max_new_tokens."]
-    if judge.get("unparsed"):
-        lines += ["", f"The LLM judge gave {judge['unparsed']} unparseable replies, each counted as a tie."]
+    if judge.get("dropped"):
+        reasons = ", ".join(f"{n} {why}" for why, n in judge["dropped"].items())
+        lines += ["", f"The LLM judge's dropped judgments: {reasons} (not counted; "
+                      f"{judge.get('comparisons_without_vote', 0)} comparisons had no vote left)."]
     lines += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in r["plots"].items()]
     if r.get("seconds") is not None:
         lines += ["", f"Evaluated in {r['seconds']} s."]
     return "\n".join(lines) + "\n"
 
 
-def method_differences(scores: dict[str, list[float]], split: str) -> dict:
+def method_differences(scores: dict[str, dict], split: str) -> dict:
     """Paired win-rate differences between methods on one split: `diff[a][b]` = win rate of a minus
-    win rate of b (points of share, over the same users and questions), `diff_ci95[a][b]` its 95%
-    interval (fspo_ray.evaluation.stats.paired_difference)."""
+    win rate of b over the comparisons (user, question) both have, `diff_ci95[a][b]` its 95%
+    interval (fspo_ray.evaluation.stats.paired_difference), `diff_n[a][b]` their number."""
     from fspo_ray.evaluation.stats import paired_difference
 
-    out: dict = {"diff_split": split, "diff": {}, "diff_ci95": {}}
+    out: dict = {"diff_split": split, "diff": {}, "diff_ci95": {}, "diff_n": {}}
     for a, sa in scores.items():
         for b, sb in scores.items():
-            if a == b or len(sa) != len(sb) or len(sa) < 2:
+            common = [k for k in sa if k in sb]
+            if a == b or len(common) < 2:
                 continue
-            d, ci = paired_difference(sa, sb)
+            d, ci = paired_difference([sa[k] for k in common], [sb[k] for k in common])
+            out["diff_n"].setdefault(a, {})[b] = len(common)
             out["diff"].setdefault(a, {})[b] = d
             out["diff_ci95"].setdefault(a, {})[b] = list(ci)
     return out

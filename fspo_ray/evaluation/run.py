@@ -171,18 +171,22 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     else:
         from fspo_ray.evaluation.judging import llm_votes
 
-        votes, unparsed = llm_votes(comparisons, ev.judge, cfg.output_dir)
-        judge.update(model=ev.judge.llm.model, unparsed=unparsed)
+        votes, dropped = llm_votes(comparisons, ev.judge, cfg.output_dir)
+        judge.update(model=ev.judge.llm.model, dropped=dropped,
+                     comparisons_without_vote=sum(not v for v in votes))
     by_cell = defaultdict(list)
+    scores: dict = defaultdict(dict)  # cell -> comparison key -> pair score, for paired differences
     for c, v in zip(comparisons, votes, strict=True):
-        by_cell[c.cell].append(v)
+        if v:  # a comparison whose judgments were all dropped has no vote
+            by_cell[c.cell].append(v)
+            scores[c.cell][(c.user.user_id, c.question_index)] = sum(v) / len(v)
     results = {cell: win_rate(v) for cell, v in by_cell.items()}
     goal_split = "held_out" if "held_out" in ev.splits else ev.splits[0]
     from fspo_ray.evaluation.report import method_differences
 
     differences = method_differences(
-        {cell.method: [sum(p) / len(p) for p in v] for cell, v in by_cell.items()
-         if cell.split == goal_split and cell.n == ev.num_shots}, goal_split)
+        {cell.method: by_key for cell, by_key in scores.items() if cell.split == goal_split and cell.n == ev.num_shots},
+        goal_split)
     goals = evaluate_goals({cell: [sum(p) / len(p) for p in v] for cell, v in by_cell.items()},
                            split=goal_split, num_shots=ev.num_shots, shots=list(ev.shots_sweep),
                            sweep_split=ev.sweep_split, methods=list(methods))

@@ -228,9 +228,12 @@ def test_llm_judge_rows_and_tolerant_votes(world_user):
     assert u.description in user_turn and u.questions[1].question in user_turn
     assert "Response A:\nM" in user_turn and "Response B:\nB" in user_turn  # order 1: the method is A
     assert "Response A:\nB" in json.loads(rows[1]["messages_json"])[-1]["content"]
-    votes, unparsed = votes_from_replies(3, {"0|A": "A", "0|B": "**B**", "1|A": "Response B is better",
-                                             "1|B": "tie", "2|A": "I cannot say", "2|B": None})
-    assert votes == [(1.0, 1.0), (0.0, 0.5), (0.5, 0.5)] and unparsed == 2
+    votes, dropped = votes_from_replies(4, {"0|A": "A", "0|B": "**B**", "1|A": "Response B is better",
+                                            "1|B": "tie", "2|A": "I cannot say", "2|B": None, "3|A": "A", "3|B": "A"},
+                                        errors={"3|A": "CUDA out of memory"})
+    # malformed replies and engine errors are dropped judgments, not ties: comparison 2 has no vote left
+    assert votes == [(1.0, 1.0), (0.0, 0.5), (), (0.0,)]
+    assert dropped == {"unparseable_label": 2, "engine_error": 1}
 
 
 def test_axes_recovered_and_summary():

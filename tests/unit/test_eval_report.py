@@ -83,8 +83,9 @@ def test_write_report_files_and_plots(report, tmp_path):
 def test_no_sweep_no_sweep_plot(tmp_path):
     ev = EvaluateConfig(num_shots=4, shots_sweep=[])
     r = build_report(ev=ev, methods=["base"], results={Cell("base", s, 4): win_rate([(0.5, 0.5)]) for s in SPLITS},
-                     skipped={}, users={s: 1 for s in SPLITS}, judge={"kind": "llm", "model": "j", "unparsed": 1})
+                     skipped={}, users={s: 1 for s in SPLITS}, judge={"kind": "llm", "model": "j", "dropped": {"unparseable_label": 1},
+                            "comparisons_without_vote": 0})
     paths = write_report(tmp_path, r)
     assert "win_rate_vs_shots" not in paths and r["plots"] == {"win_rate_by_method": "plots/win_rate_by_method.png"}
     md = render_markdown(r)
-    assert "LLM judge `j`" in md and "1 unparseable replies" in md and "## Win rate vs number of shots" not in md
+    assert "LLM judge `j`" in md and "dropped judgments: 1 unparseable_label" in md and "## Win rate vs number of shots" not in md

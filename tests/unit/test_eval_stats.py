@@ -96,8 +96,16 @@ def test_paired_difference_hand_worked():
 def test_method_differences_table_is_antisymmetric():
     from fspo_ray.evaluation.report import difference_lines, method_differences
 
-    diffs = method_differences({"fspo": [1.0, 1.0, 0.5, 0.75], "ipo": [0.5, 0.25, 0.5, 0.5]}, "held_out")
+    keyed = lambda xs: dict(enumerate(xs))  # noqa: E731
+    diffs = method_differences({"fspo": keyed([1.0, 1.0, 0.5, 0.75]), "ipo": keyed([0.5, 0.25, 0.5, 0.5])}, "held_out")
     assert diffs["diff"]["fspo"]["ipo"] == pytest.approx(0.375) == -diffs["diff"]["ipo"]["fspo"]
     lo, hi = diffs["diff_ci95"]["fspo"]["ipo"]
     assert 0 < lo < 0.375 < hi
     assert any("+37.5" in line for line in difference_lines(diffs))
+
+
+def test_method_differences_pair_only_the_comparisons_both_methods_have():
+    from fspo_ray.evaluation.report import method_differences
+
+    diffs = method_differences({"a": {"u1": 1.0, "u2": 0.5, "u3": 1.0}, "b": {"u2": 0.5, "u3": 0.0}}, "held_out")
+    assert diffs["diff_n"]["a"]["b"] == 2 and diffs["diff"]["a"]["b"] == pytest.approx(0.5)  # (0 + 1) / 2
