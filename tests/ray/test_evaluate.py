@@ -207,3 +207,23 @@ def test_human_eval_kit_end_to_end(ray_cluster, base_run, tmp_path, capsys):
     scores = json.loads((kit / "human_eval_scores.json").read_text())
     assert scores["methods"]["fspo"]["win_rate"] == 1.0 and scores["methods"]["fspo"]["p_value"] == 1 / 16
     assert "| fspo | 100.0 |" in capsys.readouterr().out
+
+
+def test_llm_judge_end_to_end_both_orders_and_dropped_replies(ray_cluster, base_run, tmp_path):
+    """The LLM judge on the hf engine (the tiny model as judge): every comparison is judged in both
+    orders; a reply the label parser cannot read is a dropped judgment with its reason, never a tie."""
+    from jobs.evaluate import evaluate
+
+    out = _run_dir(base_run, tmp_path)
+    judge_model = str(base_run / "models" / "base_sft")
+    r = evaluate(_cfg(out, "evaluate.judge.kind=llm", f"evaluate.judge.llm.model={judge_model}",
+                      "evaluate.judge.llm.max_new_tokens=4", "evaluate.only=[fspo]", "evaluate.shots_sweep=[]",
+                      "evaluate.describe_before=null", "evaluate.describe_after=null", "evaluate.splits=[held_out]"))
+    judge = r["judge"]
+    assert judge["kind"] == "llm" and judge["model"] == judge_model
+    comparisons = 2 * 2  # fspo and base itself against base: 2 users x 1 question each
+    counted = sum(r["counts"][m]["held_out"]["judgments"] for m in r["counts"])
+    assert counted + sum(judge["dropped"].values()) == 2 * comparisons  # every comparison in both orders
+    assert set(judge["dropped"]) <= {"unparseable_label", "engine_error"}
+    md = (out / "report.md").read_text()
+    assert ("dropped judgments" in md) == bool(judge["dropped"])
