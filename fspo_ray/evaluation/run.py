@@ -187,7 +187,7 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     differences = method_differences(
         {cell.method: by_key for cell, by_key in scores.items() if cell.split == goal_split and cell.n == ev.num_shots},
         goal_split)
-    goals = evaluate_goals({cell: [sum(p) / len(p) for p in v] for cell, v in by_cell.items()},
+    goals = evaluate_goals(dict(scores),
                            split=goal_split, num_shots=ev.num_shots, shots=list(ev.shots_sweep),
                            sweep_split=ev.sweep_split, methods=list(methods))
     phases["judge"] = time.perf_counter() - t_judge
