@@ -2,7 +2,8 @@
 make a new user's K shots tell the trained FSPO model more about them?
 
     python -m bench.elicitation --run runs/fspo-world            # after bash scripts/demo.sh
-    python -m bench.elicitation --run runs/x --users 40 --shots 2 4 8 --policy fspo --reference sft
+    python -m bench.elicitation --run runs/x --users 40 --shots 2 4 8 --policy fspo
+    python -m bench.elicitation --run runs/quick --train 150 1500    # no demo run: train base_sft + fspo here first
 
 Held-out world users answer the page's pair pool (serve/config.yaml's world pool) by the world's
 judge with their true persona (noiseless; a tie is a skip, as a person with no preference would
@@ -16,7 +17,9 @@ pairs of each user (the world's own pairs, in the rendering the models were trai
 
 Both strategies run side by side in one process on the same users and pairs. Prints a table on
 stderr and one JSON line on stdout. Without the policy or reference model, the model columns are
-null and the shot reader still runs.
+null and the shot reader still runs. `--train BASE PREF` first trains the two models in this
+process with bench.learning_probe's trainer (the config's recipe: `base_sft` for BASE steps, then
+`fspo` for PREF steps against it) and saves them under <run>/models/.
 """
 
 from __future__ import annotations
@@ -133,26 +136,80 @@ def model_path(run: Path, ref: str) -> Path:
     return Path(ref) if "/" in ref else run / "models" / ref
 
 
+def reference_of(cfg, policy: str) -> str:
+    """The policy stage's reference model: its `reference`, else the stage it starts from."""
+    for st in cfg.train.stages:
+        if st.name == policy:
+            return getattr(st, "reference", None) or st.init_from or "base_sft"
+    return "base_sft"
+
+
+def save(probe, stage, out: Path) -> None:
+    """A HF directory with the training job's prompt contract, so serving prompts it as it was trained."""
+    from fspo_ray.modeling import PROMPT_CONTRACT
+    from fspo_ray.training.loop import prompt_contract
+
+    probe.model.save_pretrained(out)
+    probe.tok.save_pretrained(out)
+    (out / PROMPT_CONTRACT).write_text(json.dumps(prompt_contract(probe.plan, stage, probe.tok), indent=2))
+
+
+def train(run: Path, config: str | None, base_steps: int, pref_steps: int, threads: int) -> None:
+    """base_sft, then fspo against it, in this process (bench.learning_probe's trainer); saved as HF dirs."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.learning_probe import Probe, world_users
+    from fspo_ray.config import save_resolved
+
+    torch.set_num_threads(threads)
+    cfg = load_config(config or "jobs/configs/world.yaml",
+                      [f"output_dir={run.resolve()}", f"tiny_model.output={run.resolve()}/models/tiny"])
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    users = world_users(cfg)
+    print(f"[elicitation] world rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    probe = Probe(cfg, SimpleNamespace(device="cpu", eval_every=10**9))
+    probe.build()
+    stages = {s.name: s for s in probe.plan.stages}
+    probe.train(stages["base_sft"], users["train"], base_steps, None)
+    save(probe, stages["base_sft"], run / "models" / "base_sft")
+    reference = type(probe.model)(probe.model.config)
+    reference.load_state_dict(probe.model.state_dict())
+    reference.eval()
+    probe.train(stages["fspo"], users["train"], pref_steps, None, reference=reference)
+    save(probe, stages["fspo"], run / "models" / "fspo")
+    save_resolved(cfg, run, name="resolved_config.train.yaml")
+    print(f"[elicitation] trained base_sft ({base_steps} steps) and fspo ({pref_steps} steps) in "
+          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/fspo-world", help="a run directory (models/, resolved_config.*.yaml)")
     ap.add_argument("--config", default=None, help="run config (default: the run's resolved config, else world.yaml)")
     ap.add_argument("--policy", default="fspo", help="stage name under <run>/models, or a model directory")
-    ap.add_argument("--reference", default="sft", help="the policy's reference (its init stage), name or directory")
+    ap.add_argument("--reference", default=None, help="the policy's reference, name or directory (default: the "
+                    "policy stage's reference or init_from in the run config)")
     ap.add_argument("--users", type=int, default=40, help="held-out world users")
     ap.add_argument("--held-out-pairs", type=int, default=16, help="held-out pairs scored per user")
     ap.add_argument("--shots", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--pool-size", type=int, default=200, help="pairs in the pool (as page.pairs.world.size)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--train", type=int, nargs=2, metavar=("BASE", "PREF"), default=None,
+                    help="first train base_sft for BASE steps and fspo for PREF steps into <run>/models")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     run = Path(a.run)
+    if a.train is not None:
+        train(run, a.config, *a.train, a.threads)
     cfg = run_config(run, a.config)
     world = world_from_config(cfg.world)
     rendering = getattr(cfg.world, "rendering", "text")
     pool = world_pool(world, rendering, a.pool_size)
     elicitors = {s: Elicitor(pool, s) for s in STRATEGIES}
-    policy, reference = model_path(run, a.policy), model_path(run, a.reference)
+    policy, reference = model_path(run, a.policy), model_path(run, a.reference or reference_of(cfg, a.policy))
     have_models = (policy / "config.json").is_file() and (reference / "config.json").is_file()
     if not have_models:
         print(f"[elicitation] no models at {policy} and {reference}: shot reader only "
