@@ -4,6 +4,9 @@ SQLite's file lives on one node's disk: a lost node loses its profiles, and repl
 nodes never see them. This store keeps the same interface, limits and deletion semantics on a
 server the cluster reaches over the network (`store.kind: postgres`, `store.path` a libpq
 connection string without a password; libpq reads the password from PGPASSWORD or ~/.pgpass).
+Unlike SQLite's secure_delete, PostgreSQL does not zero freed space: deleted text leaves every
+query at once, but stays in the table's free space and the WAL until overwritten (encrypt the
+server's volume; docs/operators.md).
 
 Concurrency across replicas: a user's writes are serialised by a transaction-scoped advisory
 lock on the user, so `max_keep` holds exactly; deletion events take one global advisory lock,
