@@ -126,6 +126,7 @@ class StageRun:
     def __init__(self, plan: RunPlan, stage: StagePlan, *, rank: int, world: int, device: str, users: dict):
         self.plan, self.stage, self.rank, self.world, self.device, self.users = plan, stage, rank, world, device, users
         self.dir = Path(stage.stage_dir)
+        self.score_batch = max(8, 4 * stage.micro_batch)  # no gradients to hold: larger batches than training
         self.dir.mkdir(parents=True, exist_ok=True)
         self.timing: dict[str, float] = {}
 
@@ -185,7 +186,7 @@ class StageRun:
                     sweep_stage = _with_shots(st, n)
                     examples, _ = encode_examples(eval_episodes(users, sweep_stage, p), tok, sweep_stage, p)
                     self.scored[f"held_out@{n}"] = examples[self.rank :: self.world]
-        self.curve_keys = [k for k in ("held_out", "train") if k in self.scored] if st.curve_every else []
+        self.curve_keys = ["held_out"] if st.curve_every and "held_out" in self.scored else []
 
     def _sample_descriptions(self, model, tok, episodes, examples, steps, epoch: int) -> None:
         """RAT stage 2: replace this rank's rows' completions by the closest/farthest of K sampled descriptions."""
@@ -227,7 +228,7 @@ class StageRun:
         sets = [[ex[i] for step in steps for micro in step for i in micro] for ex, steps in self.epochs]
         sets += list(self.scored.values())
         for rows in sets:
-            c, r = score(ref, rows, pad_token_id=pad, micro_batch=max(8, self.stage.micro_batch), device=self.device)
+            c, r = score(ref, rows, pad_token_id=pad, micro_batch=self.score_batch, device=self.device)
             attach_reference(rows, c, r)
         if ref is not model:
             del ref
@@ -246,7 +247,7 @@ class StageRun:
         for k in keys:
             rows = self.scored[k]
             if rows:
-                c, r = score(model, rows, pad_token_id=self.tok.pad_token_id, micro_batch=max(8, self.stage.micro_batch),
+                c, r = score(model, rows, pad_token_id=self.tok.pad_token_id, micro_batch=self.score_batch,
                              device=self.device)
                 correct, n = reward_correct(rows, c, r)
             else:
