@@ -7,7 +7,6 @@ are defined in one place. Columns overlap TRL's preference format (`chosen`/`rej
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping

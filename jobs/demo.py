@@ -47,7 +47,7 @@ def demo(cfg: RunConfig) -> None:
             line += f"  (shot reader on the same held-out pairs: {reader:.3f})"
         print(line)
         if m.get("held_out_by_shots"):
-            print(f"  held-out accuracy by shots: " + "  ".join(f"N={n}: {v:.3f}" for n, v in m["held_out_by_shots"].items()))
+            print("  held-out accuracy by shots: " + "  ".join(f"N={n}: {v:.3f}" for n, v in m["held_out_by_shots"].items()))
     report = out / "report.json"
     if report.exists():
         from fspo_ray.evaluation.report import summary_lines

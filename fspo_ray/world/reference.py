@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     split and N on the same held-out episodes the training job's reward accuracy uses."""
     import argparse
 
-    from fspo_ray.episodes import build_episodes
     from fspo_ray.data import load_users
+    from fspo_ray.episodes import build_episodes
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("prefs", help="a preference directory written by jobs.generate")

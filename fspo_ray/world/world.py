@@ -18,19 +18,19 @@ from functools import lru_cache
 from fspo_ray.world.axes import AXES
 from fspo_ray.world.judge import decides, judge, refine, score
 from fspo_ray.world.persona import Persona
-from fspo_ray.world.rendering import (
-    check_rendering,
-    compact_description,
-    compact_question,
-    compact_response,
-    parse_compact_question,
-)
 from fspo_ray.world.questions import (
     DOMAINS,
     Question,
     build_question,
     max_questions,
     parse_question_id,
+)
+from fspo_ray.world.rendering import (
+    check_rendering,
+    compact_description,
+    compact_question,
+    compact_response,
+    parse_compact_question,
 )
 from fspo_ray.world.responses import (
     GENERATOR_IDS,
