@@ -295,8 +295,6 @@ def start_autoscaling_head(node_types: dict, head_resources: dict, **settings) -
     (ray.cluster_utils.AutoscalingCluster does the same but runs `ray stop --force` first and
     last, which would stop every other Ray cluster of the user on the machine.)
     """
-    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
-
     temp_dir = tempfile.mkdtemp(prefix="fspo-as-", dir="/tmp")
     marker = uuid.uuid4().hex
     gcs, client, metrics, agent_http, agent_grpc, env_agent, node_mgr, obj_mgr, dash = _free_ports(9)
@@ -305,8 +303,11 @@ def start_autoscaling_head(node_types: dict, head_resources: dict, **settings) -
         "max_workers": settings.pop("max_workers"),
         "upscaling_speed": settings.pop("upscaling_speed", 1.0),
         "idle_timeout_minutes": settings.pop("idle_timeout_minutes"),
-        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs}", "launch_multiple": True,
-                     "head_node_id": FAKE_HEAD_NODE_ID},
+        # What Ray's fake_multi_node/example.yaml sets (the 2.60 wheel lacks that file): nodes are told
+        # apart by node id (they share this machine's IP), and there is no SSH set-up to run or check.
+        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{gcs}", "use_node_id_as_ip": True,
+                     "disable_launch_config_check": True, "disable_node_updaters": True,
+                     "foreground_node_launch": True},
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": {
             "ray.head.default": {"resources": dict(head_resources), "node_config": {}, "max_workers": 0},
@@ -322,11 +323,7 @@ def start_autoscaling_head(node_types: dict, head_resources: dict, **settings) -
     cfg_path = Path(temp_dir) / "autoscaling.yaml"
     cfg_path.write_text(yaml.safe_dump(config))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS",))}
-    # Autoscaler v2 (as ray.cluster_utils.AutoscalingCluster(autoscaler_v2=True) runs it): v1 tracks
-    # nodes by IP, and every fake node shares this machine's, so v1 keeps replacing nodes it cannot see.
     env.update(ENV, FSPO_TEST_CLUSTER=marker, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
-               RAY_enable_autoscaler_v2="1", RAY_CLOUD_INSTANCE_ID=FAKE_HEAD_NODE_ID,
-               RAY_OVERRIDE_NODE_ID_FOR_TESTING=FAKE_HEAD_NODE_ID,
                RAY_AUTH_MODE="disabled", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     head_extra = {k: v for k, v in head_resources.items() if k not in ("CPU", "GPU")}
     log = open(Path(temp_dir) / "ray_start.log", "w")
