@@ -81,6 +81,9 @@ def cluster_spec() -> ClusterSpec:
         assert (k["minReplicas"], k["maxReplicas"]) == (g.min_workers, g.max_workers), name
     idle_s = aws["idle_timeout_minutes"] * 60
     assert kuberay["autoscalerOptions"]["idleTimeoutSeconds"] == idle_s
+    # KubeRay's upscalingMode as Ray's KubeRay autoscaler translates it (Default and Aggressive: 1000).
+    speed = {"Conservative": 1.0}.get(kuberay["autoscalerOptions"].get("upscalingMode", "Default"), 1000.0)
+    assert speed == float(aws.get("upscaling_speed", 1.0)), (speed, aws.get("upscaling_speed"))
     # The Serve app's own cluster (RayService) adds its serving group.
     service = yaml.safe_load(RAYSERVICE.read_text())["spec"]["rayClusterConfig"]
     for k in service["workerGroupSpecs"]:

@@ -128,6 +128,7 @@ def test_raycluster_is_what_the_ray_autoscaler_reads():
         assert types[group]["resources"]["group_" + group.replace("-", "_")] == 1
     assert (types["gpu-generate"]["max_workers"], types["gpu-train"]["max_workers"], types["cpu"]["max_workers"]) == (4, 1, 6)
     assert auto["idle_timeout_minutes"] == 10
+    assert auto["upscaling_speed"] == load(LAUNCHER)["upscaling_speed"] == 1  # the launcher's rate limit too
 
 
 # --------------------------------------------------------------------------- token auth, secrets
