@@ -107,8 +107,8 @@ def build_episodes(
 
     With one query per episode (the official recipe) a user with P pairs gives P episodes per
     repeat; unlike the official code's N+2 window, no pair is wasted. With Q > 1 the user's
-    pairs are shuffled and cut into query sets of up to Q, each with its own N shots from the
-    pairs outside it; a user with too few pairs for Q queries plus N shots gets smaller query
+    pairs are shuffled and cut into as few query sets of at most Q as possible, of near-equal
+    sizes, each with its own N shots from the pairs outside it; a user with too few pairs for Q queries plus N shots gets smaller query
     sets, never a duplicated query. Users with fewer than N+1 pairs use P-1 shots, down to
     `min_shots`; users below that are skipped and counted. Deterministic per (seed, epoch, user).
     """
@@ -133,7 +133,11 @@ def build_episodes(
                 order = list(range(len(prefs)))
                 rng.shuffle(order)
                 size = max(1, min(queries_per_episode, len(prefs) - k))  # shots stay disjoint from queries
-                groups = [order[i : i + size] for i in range(0, len(order), size)]
+                # As few query sets as `size` allows, of near-equal sizes (24 pairs at Q = 16: 12 + 12,
+                # not 16 + 8), so the rows of a batch are of similar length.
+                n_sets = -(-len(order) // size)
+                bounds = [len(order) * j // n_sets for j in range(n_sets + 1)]
+                groups = [order[bounds[j] : bounds[j + 1]] for j in range(n_sets)]
             for group in groups:
                 members = set(group)
                 others = [p for i, p in enumerate(prefs) if i not in members]

@@ -57,11 +57,21 @@ def eval_episodes(users: UserData, stage, plan) -> list[Episode]:
     return episodes
 
 
-def encode_examples(episodes: Sequence[Episode], tokenizer, stage, plan) -> tuple[list[dict], int]:
-    """Tree-layout examples of the episodes that fit `max_length`, and how many did not."""
+def encode_examples(episodes: Sequence[Episode], tokenizer, stage, plan,
+                    cache: dict[str, list[int]] | None = None) -> tuple[list[dict], int]:
+    """Tree-layout examples of the episodes that fit `max_length`, and how many did not.
+
+    Questions and completions recur across a user's episodes (and, in the compact world, across
+    users), so each distinct string is tokenized once (`cache`, shareable across calls)."""
+    cache = {} if cache is None else cache
 
     def encode(text: str) -> list[int]:
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = cache.get(text)
+        if ids is None:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(text) <= 2000:  # a prefix (the shots) rarely recurs; long prompts would fill memory
+                cache[text] = ids
+        return ids
 
     chat = tokenizer.apply_chat_template if plan.template == "chat" else None
     out, dropped = [], 0
@@ -95,22 +105,34 @@ def tokens_in(examples: Sequence[dict]) -> int:
                                          for q in e["queries"]) for e in examples)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def score(model, examples: Sequence[dict], *, pad_token_id: int, micro_batch: int, device) -> tuple[list[float], list[float]]:
-    """Summed completion log-probs of every query of `examples` (example-major), in eval mode."""
+    """Summed completion log-probs of every query of `examples` (example-major), in eval mode.
+    Rows are batched in length order (less padding), results returned in the examples' order."""
     was_training = model.training
     model.eval()
-    chosen: list[float] = []
-    rejected: list[float] = []
+    order = sorted(range(len(examples)), key=lambda i: tokens_in(examples[i : i + 1]))
+    per_example: dict[int, tuple[list[float], list[float]]] = {}
     try:
-        for start in range(0, len(examples), micro_batch):
-            batch = {k: v.to(device) for k, v in collate_tree(examples[start : start + micro_batch], pad_token_id).items()}
+        for start in range(0, len(order), micro_batch):
+            idx = order[start : start + micro_batch]
+            rows = [examples[i] for i in idx]
+            batch = {k: v.to(device) for k, v in collate_tree(rows, pad_token_id).items()}
             out = tree_forward(model, batch)
-            chosen.extend(out.chosen_logps.double().cpu().tolist())
-            rejected.extend(out.rejected_logps.double().cpu().tolist())
+            chosen, rejected = out.chosen_logps.double().cpu().tolist(), out.rejected_logps.double().cpu().tolist()
+            at = 0
+            for i, row in zip(idx, rows, strict=True):
+                n = len(row["queries"])
+                per_example[i] = (chosen[at : at + n], rejected[at : at + n])
+                at += n
     finally:
         model.train(was_training)
-    return chosen, rejected
+    chosen_all: list[float] = []
+    rejected_all: list[float] = []
+    for i in range(len(examples)):
+        chosen_all += per_example[i][0]
+        rejected_all += per_example[i][1]
+    return chosen_all, rejected_all
 
 
 def attach_reference(examples: Sequence[dict], chosen: Sequence[float], rejected: Sequence[float]) -> None:

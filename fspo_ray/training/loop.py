@@ -158,10 +158,11 @@ class StageRun:
 
         p, st = self.plan, self.stage
         self.epochs: list[tuple[list[dict], list]] = []
+        self.token_cache: dict[str, list[int]] = {}
         dropped = 0
         for epoch in range(st.epochs):
             episodes = stage_episodes(self.users["train"], st, p, epoch)
-            examples, d = encode_examples(episodes, tok, st, p)
+            examples, d = encode_examples(episodes, tok, st, p, self.token_cache)
             dropped += d
             steps = steps_of(len(examples), rank=self.rank, world_size=self.world, micro_batch=st.micro_batch, accum=st.accum)
             if st.kind == "describe_preference":
@@ -178,13 +179,14 @@ class StageRun:
             for split in SPLIT_NAMES:
                 users = self.users[f"eval:{split}"]
                 if users.prefs:
-                    examples, _ = encode_examples(eval_episodes(users, st, p), tok, st, p)
+                    examples, _ = encode_examples(eval_episodes(users, st, p), tok, st, p, self.token_cache)
                     self.scored[split] = examples[self.rank :: self.world]
             for n in p_sweep(p, st):
                 users = self.users["eval:held_out"]
                 if users.prefs:
                     sweep_stage = _with_shots(st, n)
-                    examples, _ = encode_examples(eval_episodes(users, sweep_stage, p), tok, sweep_stage, p)
+                    examples, _ = encode_examples(eval_episodes(users, sweep_stage, p), tok, sweep_stage, p,
+                                                  self.token_cache)
                     self.scored[f"held_out@{n}"] = examples[self.rank :: self.world]
         self.curve_keys = ["held_out"] if st.curve_every and "held_out" in self.scored else []
 
@@ -428,14 +430,14 @@ def lr_factor(stage: StagePlan, total_steps: int):
 
 
 def p_sweep(plan: RunPlan, stage: StagePlan) -> list[int]:
-    """Shots of the held-out reward-accuracy sweep: 0 and powers of two up to twice the trained N."""
+    """Shots of the held-out reward-accuracy sweep: 0 and powers of two below the trained N, then N."""
     if stage.num_shots == 0:
         return []
     out, n = [0], 2
-    while n <= 2 * stage.num_shots:
+    while n < stage.num_shots:
         out.append(n)
         n *= 2
-    return [n for n in out if n != stage.num_shots] + [stage.num_shots]
+    return out + [stage.num_shots]
 
 
 def _with_shots(stage: StagePlan, n: int) -> StagePlan:

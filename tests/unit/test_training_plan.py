@@ -58,6 +58,6 @@ def test_cosine_schedule_by_hand():
 
 def test_held_out_shot_sweep():
     fspo = make_plan(_cfg()).stages[1]
-    assert p_sweep(None, fspo) == [0, 2, 4, 16, 8]  # trained N last
+    assert p_sweep(None, fspo) == [0, 2, 4, 8]  # trained N last
     fspo.num_shots = 0
     assert p_sweep(None, fspo) == []
