@@ -2,6 +2,7 @@
 `page:` config (paths, errors) and the app's build-time checks."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,7 +10,7 @@ from fspo_ray.config import ConfigError
 from fspo_ray.episodes import Preference
 from fspo_ray.serving import world_text
 from fspo_ray.serving.app import baseline_config
-from fspo_ray.serving.config import load_serve_config, resolve_paths
+from fspo_ray.serving.config import load_serve_config
 from fspo_ray.serving.page import PageConfig, PageService, build_pool
 from fspo_ray.serving.pool import PoolError
 
@@ -88,12 +89,13 @@ def test_page_config_errors_name_the_field(tmp_path):
 
 def test_output_dir_and_relative_paths_of_the_page_resolve(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cfg = resolve_paths(load_serve_config({
+    cfg = load_serve_config({
         "output_dir": "runs/x",
         "page": {"unpersonalized_model": "{output_dir}/models/base_sft", "pairs": {"world": {"run_config": "{output_dir}"}}},
-    }))
-    assert cfg.page.unpersonalized_model == str(tmp_path / "runs/x/models/base_sft")
-    assert cfg.page.pairs.world.run_config == str(tmp_path / "runs/x")
+    })
+    # '{output_dir}' replaced; relative to the directory the app is built in
+    assert Path(cfg.page.unpersonalized_model).resolve() == tmp_path / "runs/x/models/base_sft"
+    assert Path(cfg.page.pairs.world.run_config).resolve() == tmp_path / "runs/x"
     base = baseline_config(cfg)
     assert base.personalize.answer.model == cfg.page.unpersonalized_model
     assert base.personalize.persona == cfg.personalize.persona and cfg.personalize.answer.model.endswith("fspo_rat")
