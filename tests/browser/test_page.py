@@ -216,7 +216,7 @@ def test_server_errors_show_inline_and_a_dropped_connection_offers_retry(browser
     browser.execute_script("""
         const real = window.fetch;
         window.fetch = (url, opts) => {
-          if (!String(url).endsWith('/v1/chat/completions')) return real(url, opts);
+          if (!String(url).endsWith('/v1/chat/completions')) return real.call(window, url, opts);
           const mode = window.__fake;
           if (mode === 'json') return Promise.resolve(new Response(JSON.stringify({error: {message:
               'the answer stage is at capacity; retry shortly', type: 'server_error', code: 'overloaded'}}),
