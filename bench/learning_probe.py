@@ -51,7 +51,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "world.yaml"
 
 def world_users(cfg) -> dict[str, UserData]:
     """Every split's users from the generation stages run in this process (the rows jobs.generate writes)."""
-    from fspo_ray.generation.providers import make_provider, plan_shards
+    from fspo_ray.generation.providers import make_provider
+    from fspo_ray.generation.sources import plan_shards
     from fspo_ray.generation.stages import run_shard_in_process
 
     provider = make_provider(cfg)

@@ -74,7 +74,7 @@ class Pool:
 
 
 def _model_pool(where: str, m, factor: int = 1) -> Pool | None:
-    gpus = m.tensor_parallel_size if m.engine == "vllm" else math.ceil(m.num_gpus)
+    gpus = m.tensor_parallel_size if m.kind == "vllm" else math.ceil(m.num_gpus)
     return Pool(where, gpus, m.concurrency * factor, m.accelerator_type) if gpus else None
 
 
@@ -86,9 +86,9 @@ def gpu_pools(stage: str, cfg) -> list[Pool]:
         pools += [_model_pool(f"generate.llm.generators[{m.name or m.model}]", m) for m in llm.generators]
         # The judge runs twice in the last stage: both-order judging and the refinement actors.
         pools.append(_model_pool("generate.llm.judge", llm.judge, factor=2))
-        emb = cfg.generate.report.embedder
+        emb = cfg.embedder
         if emb.num_gpus:
-            pools.append(Pool("generate.report.embedder", math.ceil(emb.num_gpus), 1))
+            pools.append(Pool("embedder", math.ceil(emb.num_gpus), 1))
     elif stage == "train" and cfg.train.use_gpu:
         t = cfg.train
         # One worker group runs every stage, its reference and scoring passes included.
@@ -99,7 +99,7 @@ def gpu_pools(stage: str, cfg) -> list[Pool]:
         models = {ev.methods[n].model for n in {*names, ev.baseline}}
         models |= {ev.methods[n].describer for n in names if ev.methods[n].describer}
         inf = ev.inference
-        gpus = inf.tensor_parallel_size if inf.engine == "vllm" else math.ceil(inf.num_gpus)
+        gpus = inf.tensor_parallel_size if inf.kind == "vllm" else math.ceil(inf.num_gpus)
         if gpus:
             pools.append(Pool(f"evaluate.inference ({len(models)} models)", gpus, inf.concurrency * len(models), inf.accelerator_type))
         if ev.judge.kind == "llm":

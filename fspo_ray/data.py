@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 
 from fspo_ray.episodes import Preference
 from fspo_ray.errors import FspoError
+from fspo_ray.splits import SPLITS
 
 logger = logging.getLogger(__name__)
-
-SPLITS = ("train", "held_out", "interpolated")
 
 # Required text fields: a row with any of these missing or empty is rejected.
 REQUIRED_FIELDS = ("user_id", "question", "chosen", "rejected", "domain", "split")

@@ -11,8 +11,12 @@ import random
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from fspo_ray.errors import FspoError
+from fspo_ray.sections import Section
 
 TEMPLATES = ("markdown", "chat")
 TASKS = ("answer", "describe")
@@ -320,3 +324,39 @@ def encode_episode(
         if len(shots) <= min_shots:
             return None
         shots = shots[1:]  # drop the oldest whole shot
+
+
+# --------------------------------------------------------------------------- config
+
+
+class EpisodeConfig(Section):
+    """How a user becomes a task: N few-shot preferences in the prompt plus one held-out pair."""
+
+    num_shots: int = Field(8, ge=0, description="Few-shot preferences in the prompt (N). 0 = no user context.")
+    min_shots: int = Field(
+        2, ge=0, description="Users with fewer than N+1 preferences use what they have, down to this many shots."
+    )
+    repeats_per_epoch: int = Field(
+        1, ge=1, description="Episodes per held-out pair per epoch, each with freshly sampled shots."
+    )
+    max_length: int = Field(
+        1024, ge=16, description="Token budget per sequence; whole oldest shots are dropped first to fit."
+    )
+    template: Literal["markdown", "chat"] = Field(
+        "markdown", description="'markdown': the official FSPO template; 'chat': the tokenizer's chat template."
+    )
+    signed_shots: bool = Field(
+        False, description="Mark every word of a shot's preferred response with '+' and of its dispreferred one with "
+        "'-' (sign tokens): how a small model trained from scratch tells the sides apart from the tokens themselves. "
+        "Off in the official template; the compact world turns it on."
+    )
+    queries_per_episode: int = Field(
+        1, ge=1, description="Held-out pairs scored against one encoded support set (the N shots): 1 is the official "
+        "episode; Q > 1 encodes the shots once for Q pairs of the same user (same objective, fewer prompt tokens)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EpisodeConfig:
+        if self.min_shots > self.num_shots:
+            raise ValueError(f"min_shots ({self.min_shots}) must be <= num_shots ({self.num_shots})")
+        return self

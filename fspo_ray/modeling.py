@@ -9,8 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from fspo_ray.errors import FspoError
+from fspo_ray.sections import Section
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +30,42 @@ TINY_CHAT_TEMPLATE = (
 )
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+class TinyModelConfig(Section):
+    """Sizes of the tiny Llama-shaped model and tokenizer that build_model trains offline."""
+
+    output: str = Field("{output_dir}/models/tiny", description="Where build_model saves the model and tokenizer.")
+    corpus_files: list[str] = Field(
+        default_factory=list,
+        description="Text files (one sentence a line) to train the tokenizer on; empty: the world's text.",
+    )
+    corpus_sentences: int = Field(20000, ge=100, description="Sentences of world text when corpus_files is empty.")
+    tokenizer: Literal["bpe", "words"] = Field(
+        "bpe",
+        description="'bpe': byte-level BPE trained on the corpus (any text); 'words': one token per word of the "
+        "world's compact rendering and per header of the prompt template (world.rendering=compact).",
+    )
+    vocab_size: int = Field(2048, ge=300, description="BPE vocabulary size (byte-level; >= 256 + special tokens).")
+    hidden_size: int = Field(256, ge=8, description="Model width.")
+    intermediate_size: int = Field(688, ge=8, description="MLP width.")
+    num_layers: int = Field(4, ge=1, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(4, ge=1, description="Key/value heads (grouped-query attention when < num_heads).")
+    max_position_embeddings: int = Field(2048, ge=64, description="Longest sequence the model supports.")
+    tie_word_embeddings: bool = Field(True, description="Share input and output embeddings.")
+    initializer_range: float = Field(
+        0.02, gt=0.0, description="Std of the random initial weights (Llama's default 0.02; the compact world uses 0.1, "
+        "which leaves attention less uniform at the start and shortens the plateau before in-context reading)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+        return self
 
 
 class ModelLoadError(FspoError):
@@ -165,6 +205,7 @@ def resolve_dtype(dtype: str, device: str):
 
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token (its EOS when it has none)."""
     from transformers import AutoTokenizer
 
     path = Path(name_or_path)
@@ -186,9 +227,10 @@ def load_model_and_tokenizer(
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
     device: str = "cpu",
-    trust_remote_code: bool = False,
+    model_kwargs: dict | None = None,
 ):
-    """Load (model, tokenizer) from a local directory or a hub id, with dtype and attention from config."""
+    """Load (model, tokenizer) from a local directory or a hub id, with dtype and attention from config;
+    `model_kwargs` go to from_pretrained as they are (an engine config's engine_kwargs)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(name_or_path)
@@ -196,13 +238,14 @@ def load_model_and_tokenizer(
         _check_local_dir(path)
     elif name_or_path.startswith((".", "/")) or name_or_path.count("/") > 1:
         raise ModelLoadError(f"model path {name_or_path} does not exist")
-    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    kwargs = dict(model_kwargs or {})
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=bool(kwargs.get("trust_remote_code", False)))
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name_or_path,
             dtype=resolve_dtype(dtype, device),
             attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
+            **kwargs,
         )
     except OSError as e:
         raise ModelLoadError(f"cannot load model {name_or_path!r}: {e}") from None

@@ -15,10 +15,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from fspo_ray.config import Section
-from fspo_ray.engines import Engine, Sampling, make_engine
+from fspo_ray.engines.config import EngineConfig, Sampling
+from fspo_ray.engines.local import Engine, build_engine
 from fspo_ray.episodes import (
     RESPONSE_HEADER,
     Preference,
@@ -27,6 +27,8 @@ from fspo_ray.episodes import (
     render_prompt,
 )
 from fspo_ray.errors import FspoError
+from fspo_ray.prompting import DEFAULTS, contract_of, setting
+from fspo_ray.sections import ConfigError, Section
 
 # Generation stops where the model would open a new template section: a header at a line start, or
 # a template header anywhere (a word-level tokenizer decodes without the newlines).
@@ -71,97 +73,75 @@ def sanitize_user_text(text: str, special_tokens: Sequence[str] = ()) -> str:
 # --------------------------------------------------------------------------- config
 
 
-class EngineConfig(Section):
-    """One stage's engine and its sampling defaults."""
+class StageEngineConfig(EngineConfig):
+    """One stage's engine: its model is required, and sampling stops where the model would open a
+    new section of the template."""
 
-    kind: Literal["hf", "vllm"] = Field("hf", description="'hf': transformers (CPU or GPU); 'vllm': vLLM (GPU, gpu extra).")
-    model: str = Field(..., min_length=1, description="Hugging Face directory or hub id of this stage's model.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype: 'auto' is bfloat16 on GPU and float32 on CPU."
-    )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
-        "sdpa", description="hf only: attention kernel passed to transformers."
-    )
-    device: str | None = Field(None, description="hf only: 'cpu', 'cuda', ... (unset: cuda when available).")
-    batch_size: int = Field(16, ge=1, description="hf only: prompts per model.generate call.")
-    torch_threads: int | None = Field(
-        None, ge=1, description="hf only: torch intra-op threads in this process (unset: torch's default, "
-        "which Ray sets from the CPUs a replica asks for)."
-    )
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm only: GPUs per engine.")
+    model: str = Field(..., min_length=1, description="Hugging Face directory or hub id of this stage's model; "
+                       "'{output_dir}' is replaced.")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm only: share of GPU memory vLLM may use.")
-    max_model_len: int | None = Field(None, ge=16, description="vllm only: context length (unset: the model's).")
-    max_new_tokens: int = Field(64, ge=1, description="Default tokens to generate for this stage.")
-    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Default sampling temperature (0 = greedy).")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Default nucleus sampling mass.")
-
-    @model_validator(mode="after")
-    def _check(self) -> EngineConfig:
-        if self.kind == "vllm" and self.device not in (None, "cuda"):
-            raise ValueError(f"device={self.device!r} applies to kind 'hf' only; vllm runs on cuda")
-        return self
 
     def sampling(self, max_new_tokens: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, seed: int | None = None) -> Sampling:
-        return Sampling(
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
-            temperature=self.temperature if temperature is None else temperature,
-            top_p=self.top_p if top_p is None else top_p,
-            seed=seed,
-            stop=SECTION_STOPS,
-        )
+                 top_p: float | None = None, seed: int | None = None, stop: tuple[str, ...] = SECTION_STOPS) -> Sampling:
+        return super().sampling(max_new_tokens, temperature, top_p, seed, stop)
 
 
 class PersonalizeConfig(Section):
-    """The two RAT stages: a persona (describe) model and an answer model."""
+    """The two RAT stages: a persona (describe) model and an answer model, and how they are prompted.
 
-    persona: EngineConfig = Field(..., description="Stage 1: writes the user description from the shots.")
-    answer: EngineConfig = Field(..., description="Stage 2: answers from shots + description + question.")
-    template: Literal["markdown", "chat"] = Field(
-        "markdown", description="'markdown': the official FSPO template; 'chat': it as one user turn of the chat template."
+    The prompt settings default to how the stage models were trained (their fspo_prompt.json); an
+    explicit one that contradicts it is refused unless override_prompt_contract is true."""
+
+    persona: StageEngineConfig = Field(..., description="Stage 1: writes the user description from the shots.")
+    answer: StageEngineConfig = Field(..., description="Stage 2: answers from shots + description + question.")
+    template: Literal["markdown", "chat"] | None = Field(
+        None, description="'markdown': the official FSPO template; 'chat': it as one user turn of the chat template. "
+        "Unset: as each stage's model was trained, else markdown."
     )
-    signed_shots: bool = Field(
-        False, description="Sign tokens on the shots' responses ('+word' preferred, '-word' dispreferred), as the "
-        "model was trained (its fspo_prompt.json says)."
+    signed_shots: bool | None = Field(
+        None, description="Sign tokens on the shots' responses ('+word' preferred, '-word' dispreferred). Unset: as "
+        "each stage's model was trained, else off."
     )
-    num_shots: int = Field(8, ge=1, description="Most recent preferences rendered as shots (older ones are ignored).")
+    num_shots: int | None = Field(
+        None, ge=1, description="Most recent preferences rendered as shots (older ones are ignored). Unset: the N "
+        "the models were trained with, else 8."
+    )
+    rat: bool | None = Field(
+        None, description="The answer stage reads the persona stage's description (RAT). Unset: as the answer "
+        "model was trained, else true."
+    )
+    override_prompt_contract: bool = Field(
+        False, description="Allow template, signed_shots, num_shots or rat to differ from how the models were "
+        "trained (their fspo_prompt.json); off: such a setting is an error naming both values."
+    )
     max_prompt_tokens: int | None = Field(
         None, ge=16, description="Prompt + generation token budget; whole oldest shots are dropped to fit "
         "(unset: the model's context length)."
     )
 
 
-def build_engine(cfg: EngineConfig) -> Engine:
-    """Engine for one stage; vLLM is imported only here, only when configured."""
-    if cfg.kind == "hf":
-        if cfg.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(cfg.torch_threads)
-        return make_engine("hf", cfg.model, dtype=cfg.dtype, attn_implementation=cfg.attn_implementation,
-                           device=cfg.device, batch_size=cfg.batch_size)
-    elif cfg.kind == "vllm":
-        return make_engine("vllm", cfg.model, dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size,
-                           max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization)
-    raise ValueError(f"unknown engine {cfg.kind!r}; expected one of ('hf', 'vllm')")
-
-
-def _tokenizer(engine: Engine):
-    if hasattr(engine, "tokenizer"):
-        return engine.tokenizer
-    if hasattr(engine, "llm"):
-        return engine.llm.get_tokenizer()
-    return None
-
-
-def _context_length(engine: Engine) -> int | None:
-    model = getattr(engine, "model", None)
-    if model is not None:
-        return getattr(model.config, "max_position_embeddings", None)
-    llm = getattr(engine, "llm", None)
-    if llm is not None:
-        return llm.llm_engine.model_config.max_model_len
-    return None
+def resolve_prompting(cfg: PersonalizeConfig, where: str = "personalize") -> PersonalizeConfig:
+    """The config with num_shots and rat decided from the stage models' prompt contracts, after
+    refusing explicit settings that contradict them (template and sign tokens are decided per
+    stage, by the Personalizer, under the same rule)."""
+    over = cfg.override_prompt_contract
+    stages = {name: (getattr(cfg, name).model, contract_of(getattr(cfg, name).model)) for name in ("persona", "answer")}
+    for model, contract in stages.values():
+        for name in ("template", "signed_shots", "num_shots"):
+            setting(where, name, getattr(cfg, name), model, contract, override=over)
+    num_shots = cfg.num_shots
+    if num_shots is None:
+        trained = {name: c["num_shots"] for name, (_, c) in stages.items() if c.get("num_shots")}
+        if len(set(trained.values())) > 1:
+            raise ConfigError(
+                f"{where}.num_shots is unset and the stage models were trained with different N (persona "
+                f"{trained['persona']}, answer {trained['answer']}); set {where}.num_shots and "
+                f"{where}.override_prompt_contract=true"
+            )
+        num_shots = next(iter(trained.values()), DEFAULTS["num_shots"])
+    answer_model, answer_contract = stages["answer"]
+    rat = setting(where, "rat", cfg.rat, answer_model, answer_contract, override=over)
+    return cfg.model_copy(update={"num_shots": num_shots, "rat": rat})
 
 
 # --------------------------------------------------------------------------- generation
@@ -182,14 +162,14 @@ class _Stage:
     def __init__(self, engine: Engine, cfg: EngineConfig, template: str, max_prompt_tokens: int | None,
                  signed_shots: bool = False):
         self.engine, self.cfg, self.template, self.signed_shots = engine, cfg, template, signed_shots
-        self.tokenizer = _tokenizer(engine)
+        self.tokenizer = getattr(engine, "tokenizer", None)
         if template == "chat" and (self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)):
             raise FspoError(f"template 'chat' needs a tokenizer with a chat template; {cfg.model} has none")
         specials = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
         added = (getattr(self.tokenizer, "added_tokens_decoder", {}) or {}).values()
         specials |= {t.content for t in added if getattr(t, "special", False)}  # e.g. Llama-3's reserved tokens
         self.special_tokens = tuple(sorted(specials))
-        self.max_prompt_tokens = max_prompt_tokens or _context_length(engine)
+        self.max_prompt_tokens = max_prompt_tokens or getattr(engine, "context_length", None)
         # HFEngine serialises its own calls; an engine without streaming (vLLM's offline LLM) is
         # not safe to call from two threads at once, so its calls go one at a time here.
         self.serial = threading.Lock() if not hasattr(engine, "stream") else contextlib.nullcontext()
@@ -212,7 +192,7 @@ class Personalizer:
     """
 
     def __init__(self, persona_engine: Engine | None, answer_engine: Engine | None, cfg: PersonalizeConfig):
-        self.cfg = cfg
+        self.cfg = cfg = resolve_prompting(cfg)
         budget = cfg.max_prompt_tokens
         self._persona = self._answer = None
         if persona_engine:
@@ -224,14 +204,11 @@ class Personalizer:
 
     @staticmethod
     def _prompting(cfg: PersonalizeConfig, stage: EngineConfig) -> tuple[str, bool]:
-        """(template, signed shots) of one stage: what the config sets explicitly, else what the stage's
-        model was trained with (its fspo_prompt.json), else the official markdown template."""
-        from fspo_ray.modeling import read_prompt_contract
-
-        contract = read_prompt_contract(stage.model) or {}
-        template = cfg.template if "template" in cfg.model_fields_set else contract.get("template", cfg.template)
-        signed = cfg.signed_shots if "signed_shots" in cfg.model_fields_set else contract.get("signed_shots", False)
-        return template, signed
+        """(template, signed shots) of one stage: as its model was trained (its fspo_prompt.json) unless
+        the config says otherwise, which must agree with it (or override it on purpose)."""
+        contract, over = contract_of(stage.model), cfg.override_prompt_contract
+        return (setting("personalize", "template", cfg.template, stage.model, contract, override=over),
+                setting("personalize", "signed_shots", cfg.signed_shots, stage.model, contract, override=over))
 
     @classmethod
     def from_config(cls, cfg: PersonalizeConfig, stages: Sequence[str] = ("persona", "answer")) -> Personalizer:
@@ -283,11 +260,12 @@ class Personalizer:
     def answer_prompt(self, shots: Sequence[Preference], description: str | None, question: str,
                       max_new_tokens: int | None = None) -> tuple[str, int, int]:
         """(prompt, prompt tokens, shots kept) for stage 2; the prompt ends with the response header,
-        the first tokens of every completion the answer model was trained on."""
+        the first tokens of every completion the answer model was trained on. The description block is
+        there only for an answer model that reads one (rat)."""
         stage = self._stage("answer")
         budget = max_new_tokens or stage.cfg.max_new_tokens
         q = sanitize_user_text(question, stage.special_tokens)
-        d = None if description is None else sanitize_user_text(description, stage.special_tokens)
+        d = None if description is None or not self.cfg.rat else sanitize_user_text(description, stage.special_tokens)
         return self._fit(stage, self._clean_shots(stage, shots),
                          lambda s: stage.wrap(render_prompt(s, q, d, stage.signed_shots)) + RESPONSE_HEADER, budget)
 

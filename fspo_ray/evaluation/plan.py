@@ -6,6 +6,8 @@
   shots of a smaller N are a subset of a larger N's, and the shots sweep varies one thing.
 - methods: each method's model (and RAT describer) resolved to a directory; a missing one
   is skipped with its reason, or fails, by `evaluate.on_missing`.
+- prompts: the main table's N from how the models were trained (their fspo_prompt.json), and
+  each method's context checked against it (fspo_ray/prompting.py's rule).
 - requests: one row per generation (describe or answer), keyed by a stable request id.
 
 Pure Python: no Ray, no torch.
@@ -22,9 +24,9 @@ from pathlib import Path
 from fspo_ray.episodes import Preference
 from fspo_ray.errors import FspoError
 from fspo_ray.evaluation.config import EvaluateConfig, MethodConfig
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+from fspo_ray.layout import RunLayout, looks_local
+from fspo_ray.modeling import PROMPT_CONTRACT, TOKENIZER_FILES, WEIGHT_FILES
+from fspo_ray.prompting import contract_of, setting
 
 
 class EvaluationError(FspoError):
@@ -123,26 +125,24 @@ def select_users(rows: list[dict], ev: EvaluateConfig, seed: int, source: str) -
 # --------------------------------------------------------------------------- models
 
 
-def resolve_ref(ref: str, output_dir: str) -> tuple[str, bool]:
-    """(path or hub id, is_stage): a name without '/' is a training stage under <output_dir>/models."""
+def resolve_ref(ref: str, layout: RunLayout) -> tuple[str, bool]:
+    """(path or hub id, is_stage): a name without '/' is a training stage under <output_dir>/models;
+    anything else was resolved when the config was loaded (fspo_ray/layout.py)."""
     if "/" not in ref and "\\" not in ref:
-        return str(Path(output_dir) / "models" / ref), True
-    if Path(ref).expanduser().exists():  # a local directory: absolute, as Ray actors run elsewhere
-        return str(Path(ref).expanduser().absolute()), False
+        return str(layout.model(ref)), True
     return ref, False
 
 
 def checkpoint_problem(path: str) -> str | None:
     """Why `path` is not a loadable model directory, or None. A hub id ('org/name', not a local
     path) is accepted unchecked: it can only be checked by downloading it."""
-    p = Path(path)
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1 or p.exists()
-    if not looks_local:
+    if not looks_local(path):
         return None
+    p = Path(path)
     if not p.is_dir():
         return f"{path} does not exist"
     if not any((p / f).exists() for f in WEIGHT_FILES):
-        return f"{path} has no weights ({' or '.join(WEIGHT_FILES)})"
+        return f"{path} has no weights ({' or '.join(WEIGHT_FILES[:3])})"
     if not any((p / f).exists() for f in TOKENIZER_FILES):
         return f"{path} has no tokenizer ({' or '.join(TOKENIZER_FILES[:2])})"
     return None
@@ -159,14 +159,14 @@ class MethodPlan:
     describers_skipped: dict[str, str] = field(default_factory=dict)
 
 
-def plan_methods(ev: EvaluateConfig, output_dir: str) -> MethodPlan:
+def plan_methods(ev: EvaluateConfig, layout: RunLayout) -> MethodPlan:
     """Resolve every method's models; apply on_missing. Fails early, naming the field."""
     wanted = [m for m in ev.methods if m == ev.baseline or ev.only is None or m in ev.only]
     plan = MethodPlan(methods={}, models={})
 
     def problems(refs: list[tuple[str, str]], owner: str, always_fail: bool) -> str | None:
         for field_name, ref in refs:
-            path, is_stage = resolve_ref(ref, output_dir)
+            path, is_stage = resolve_ref(ref, layout)
             problem = checkpoint_problem(path)
             if problem is None:
                 continue
@@ -188,7 +188,7 @@ def plan_methods(ev: EvaluateConfig, output_dir: str) -> MethodPlan:
             continue
         plan.methods[name] = m
         for _, ref in refs:
-            plan.models[ref] = resolve_ref(ref, output_dir)[0]
+            plan.models[ref] = resolve_ref(ref, layout)[0]
     if len(plan.methods) == 1 and len(wanted) > 1:
         reasons = "; ".join(f"{k}: {v}" for k, v in plan.skipped.items())
         raise EvaluationError(f"nothing to evaluate: every method but the baseline was skipped ({reasons})")
@@ -201,8 +201,48 @@ def plan_methods(ev: EvaluateConfig, output_dir: str) -> MethodPlan:
             plan.describers_skipped[when] = reason
         else:
             plan.describers[when] = ref
-            plan.models[ref] = resolve_ref(ref, output_dir)[0]
+            plan.models[ref] = resolve_ref(ref, layout)[0]
     return plan
+
+
+def plan_prompts(ev: EvaluateConfig, plan: MethodPlan, fallback_shots: int) -> EvaluateConfig:
+    """`ev` with num_shots decided by how the models were trained, after checking each method against
+    its model's prompt contract (fspo_prompt.json). Unset num_shots: the trained N of the models that
+    read shots (they must agree), else `fallback_shots` (episodes.num_shots). A set N, or a context,
+    that contradicts a model's training is an error unless evaluate.override_prompt_contract."""
+    over = ev.override_prompt_contract
+    readers: list[tuple[str, str]] = []  # (where, model ref) of every model shown shots
+    for name, m in plan.methods.items():
+        if m.context != "none":
+            readers.append((f"method {name!r}", m.model))
+        if m.describer:
+            readers.append((f"method {name!r}'s describer", m.describer))
+        contract = contract_of(plan.models[m.model])
+        if contract.get("task", "answer") == "answer" and "rat" in contract and not over:
+            wants = m.context in ("generated_description", "true_description")
+            if wants != contract["rat"]:
+                raise EvaluationError(
+                    f"evaluate.methods.{name}: context {m.context!r} {'puts a' if wants else 'has no'} user description "
+                    f"in the prompt, but {plan.models[m.model]} was trained with rat: {contract['rat']} (its "
+                    f"{PROMPT_CONTRACT}); choose a context that matches, or set evaluate.override_prompt_contract=true"
+                )
+    readers += [(f"describe_{when}", ref) for when, ref in plan.describers.items()]
+    trained = {}
+    for where, ref in readers:
+        n = contract_of(plan.models[ref]).get("num_shots")
+        if n:  # a model trained without shots (N = 0) may be shown any N: the few-shot baseline
+            trained.setdefault(n, []).append(where)
+    num_shots = ev.num_shots
+    if num_shots is None:
+        if len(trained) > 1:
+            found = "; ".join(f"N={n}: {', '.join(w)}" for n, w in sorted(trained.items()))
+            raise EvaluationError(f"evaluate.num_shots is unset and the evaluated models were trained with different N "
+                                  f"({found}); set evaluate.num_shots and evaluate.override_prompt_contract=true")
+        num_shots = next(iter(trained), fallback_shots)
+    else:
+        for _, ref in readers:
+            setting("evaluate", "num_shots", num_shots, plan.models[ref], contract_of(plan.models[ref]), override=over)
+    return ev.model_copy(update={"num_shots": num_shots})
 
 
 # --------------------------------------------------------------------------- requests

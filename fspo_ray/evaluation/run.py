@@ -1,6 +1,7 @@
 """The evaluate job's driver: plan, generate (Ray Data), judge, report.
 
-1. check_inputs (no Ray): prefs, users per split, methods and their checkpoints, the judge.
+1. check_inputs (no Ray): prefs, methods and their checkpoints, N and each method's context against
+   how its model was trained (fspo_prompt.json), users per split, the judge.
 2. describe: RAT describers write user descriptions from the shots (one Ray Data pass).
 3. answer: every method answers every held-out question (one Ray Data pass, a pool per model).
 4. judge each method's answer against the baseline's in both orders; win rates per cell.
@@ -15,10 +16,10 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fspo_ray.config import RunConfig
-from fspo_ray.evaluation.config import resolve_num_shots
+from fspo_ray.engines.embedder import embedder_problem as why_no_embedder
+from fspo_ray.evaluation.config import EvaluateConfig
 from fspo_ray.evaluation.plan import (
     EvaluationError,
     EvalUser,
@@ -30,15 +31,20 @@ from fspo_ray.evaluation.plan import (
     describe_id,
     describe_request,
     plan_methods,
+    plan_prompts,
     select_users,
     shots_for,
 )
+
+if TYPE_CHECKING:  # the run config composes this package's section: a type, not an import at run time
+    from fspo_ray.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class EvalPlan:
+    evaluate: EvaluateConfig  # the config's evaluate section with num_shots decided
     users: dict[str, list[EvalUser]]
     methods: MethodPlan
     judge_kind: str  # "world" or "llm"
@@ -50,14 +56,13 @@ def check_inputs(cfg: RunConfig) -> EvalPlan:
     """Everything that can fail before a Ray worker starts, with a message naming the fix."""
     from fspo_ray.data import read_preferences
 
-    cfg = resolve_num_shots(cfg)
-    ev = cfg.evaluate
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise EvaluationError("the evaluation plots need matplotlib: pip install 'fspo-ray[report]'") from None
-    methods = plan_methods(ev, cfg.output_dir)
-    prefs = Path(cfg.output_dir) / "prefs"
+    methods = plan_methods(cfg.evaluate, cfg.layout)
+    ev = plan_prompts(cfg.evaluate, methods, cfg.episodes.num_shots)
+    prefs = cfg.layout.prefs
     table = read_preferences(prefs, splits=ev.splits)
     seed = cfg.seed if ev.seed is None else ev.seed
     users = select_users(table.to_pylist(), ev, seed, str(prefs))
@@ -68,22 +73,12 @@ def check_inputs(cfg: RunConfig) -> EvalPlan:
     if lacking and needs:
         raise EvaluationError(f"{' and '.join(needs)} need each user's true user_description; {len(lacking)} "
                               f"evaluated users lack it, e.g. {lacking[0]}")
-    embedder_problem = None
-    if methods.describers:
-        from fspo_ray.generation.checks import embedder_path
-
-        try:
-            path = Path(embedder_path(cfg))
-            if not (path / "config.json").is_file():
-                embedder_problem = f"embedder {path} is not a model directory (no config.json)"
-        except Exception as e:  # noqa: BLE001 - the embedder is optional: report why, carry on
-            embedder_problem = str(e)
-    return EvalPlan(users, methods, judge_kind, seed, embedder_problem)
+    embedder_problem = why_no_embedder(cfg.embedder) if methods.describers else None
+    return EvalPlan(ev, users, methods, judge_kind, seed, embedder_problem)
 
 
 def _judge_kind(cfg: RunConfig, users: dict[str, list[EvalUser]]) -> str:
     from fspo_ray.evaluation.judging import world_judge_problem
-    from fspo_ray.generation.config import resolve_model_path
 
     kind = cfg.evaluate.judge.kind
     if kind in ("auto", "world"):
@@ -94,9 +89,7 @@ def _judge_kind(cfg: RunConfig, users: dict[str, list[EvalUser]]) -> str:
             return "world"
         if kind == "world":
             raise EvaluationError(f"evaluate.judge.kind=world cannot judge this data: {problem}; use kind=llm")
-    llm = cfg.evaluate.judge.llm
-    path = resolve_model_path(llm.model, cfg.output_dir)
-    problem = checkpoint_problem(path)
+    problem = checkpoint_problem(cfg.evaluate.judge.llm.model)
     if problem is not None:
         raise EvaluationError(f"evaluate.judge.llm.model: checkpoint {problem}")
     return "llm"
@@ -110,8 +103,8 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     from fspo_ray.evaluation.stats import win_rate
 
     t0 = time.perf_counter()
-    cfg = resolve_num_shots(cfg)
     plan = plan or check_inputs(cfg)
+    cfg = cfg.model_copy(update={"evaluate": plan.evaluate})  # num_shots as planned
     ev, mp, users = cfg.evaluate, plan.methods, plan.users
     methods, baseline = mp.methods, mp.methods[ev.baseline]
     todo = cells(ev, methods)
@@ -171,7 +164,7 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
     else:
         from fspo_ray.evaluation.judging import llm_votes
 
-        votes, dropped = llm_votes(comparisons, ev.judge, cfg.output_dir)
+        votes, dropped = llm_votes(comparisons, ev.judge)
         judge.update(model=ev.judge.llm.model, dropped=dropped,
                      comparisons_without_vote=sum(not v for v in votes))
     by_cell = defaultdict(list)
@@ -253,7 +246,7 @@ def _description_quality(cfg: RunConfig, plan: EvalPlan, described: dict[str, di
     mp, ev = plan.methods, cfg.evaluate
     if not mp.describers and not mp.describers_skipped:
         return None
-    dq: dict = {"num_shots": ev.num_shots, "embedder": cfg.generate.report.embedder.name,
+    dq: dict = {"num_shots": ev.num_shots, "embedder": cfg.embedder.name,
                 "skipped": dict(mp.describers_skipped)}
     items = [(when, ref, u) for when, ref in mp.describers.items() for us in plan.users.values() for u in us
              if u.description]

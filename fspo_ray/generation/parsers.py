@@ -7,15 +7,8 @@ input text, so one bad row never fails a batch or the job.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Drop:
-    """A row dropped for a named reason (counted in the shard manifest and the report)."""
-
-    reason: str
-
+from fspo_ray.llm_judge import Drop, parse_label  # noqa: F401 - the judge's label parser is evaluation's too
 
 _LIST_ITEM = re.compile(r"^\s*(?:\d+[.):]|[-*\u2022])\s*(.+?)\s*$")
 _WORDS = re.compile(r"[A-Za-z0-9']+")
@@ -49,27 +42,6 @@ def parse_response(text: str | None, min_words: int = 3) -> str | Drop:
     if len(_WORDS.findall(text)) < min_words:
         return Drop("empty_response")
     return text
-
-
-_FIRST_WORD = re.compile(r"^\W*(a|b|tie)\b", re.IGNORECASE)
-_NAMED = re.compile(r"\b(?:response|answer|option)\s+(a|b)\b|\b(tie)\b", re.IGNORECASE)
-
-
-def parse_label(text: str | None) -> str | Drop:
-    """'A', 'B' or 'tie' from the judge's reply: a first word A/B/tie ('B.' -> 'B'), else the
-    first 'Response A/B' or 'tie' in it; anything else is a drop."""
-    if not text:
-        return Drop("unparseable_label")
-    head = text.strip()[:200]
-    m = _FIRST_WORD.match(head)
-    word = m.group(1) if m else None
-    if word is None:
-        m = _NAMED.search(head)
-        word = (m.group(1) or m.group(2)) if m else None
-    if word is None:
-        return Drop("unparseable_label")
-    word = word.lower()
-    return "tie" if word == "tie" else word.upper()
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")

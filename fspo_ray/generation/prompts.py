@@ -1,23 +1,18 @@
 """Every prompt the LLM provider sends, in one place.
 
 Each builder returns chat messages ([{"role", "content"}]); engines render them with the
-model's chat template. The parsers for the answers live in `parsers`.
+model's chat template. The parsers for the answers live in `parsers`; the judge's prompt and
+label parser are shared with evaluation (fspo_ray/llm_judge.py).
 """
 
 from __future__ import annotations
 
-Messages = list[dict[str, str]]
-
-SYSTEM = "You are a careful assistant that follows the requested output format exactly."
-
-
-def _chat(user: str) -> Messages:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+from fspo_ray.llm_judge import Messages, chat, judge_prompt  # noqa: F401 - the judge's wording is evaluation's too
 
 
 def views_prompt(question: str, n: int) -> Messages:
     """Stage 3 (view-conditioning): list distinct views a person could hold on the question."""
-    return _chat(
+    return chat(
         f"Question: {question}\n\n"
         f"List {n} clearly different views or preferences that different people could have about "
         "how this question should be answered (for example about tone, depth, format, budget or "
@@ -35,33 +30,13 @@ def response_prompt(question: str, *, view: str | None = None, persona: str | No
         steer = f"Answer the way this person would like best, without mentioning them: {persona}\n\n"
     else:
         steer = ""
-    return _chat(f"{steer}Question: {question}\n\nWrite a helpful answer of at most 120 words.")
-
-
-JUDGE_INSTRUCTIONS = (
-    "Decide which response this user would prefer, judging only by the user's description. "
-    "Ignore the length of the responses: a response is not better for being longer or shorter, "
-    "unless the description asks for it. Ignore the order in which the responses are shown. "
-    "If the description does not decide between them, answer tie."
-)
-
-
-def judge_prompt(description: str, question: str, response_a: str, response_b: str) -> Messages:
-    """Stage 6: pairwise AI feedback conditioned on the user description; asked in both orders."""
-    return _chat(
-        f"User description: {description}\n\n"
-        f"Question: {question}\n\n"
-        f"Response A:\n{response_a}\n\n"
-        f"Response B:\n{response_b}\n\n"
-        f"{JUDGE_INSTRUCTIONS}\n"
-        "Reply with exactly one word: A, B or tie."
-    )
+    return chat(f"{steer}Question: {question}\n\nWrite a helpful answer of at most 120 words.")
 
 
 def refinement_prompt(description: str, question: str, chosen: str, rejected: str) -> Messages:
     """Stage 7: the description did not decide the pair and a side was picked at random;
     state that preference as one sentence to append to the description."""
-    return _chat(
+    return chat(
         f"User description: {description}\n\n"
         f"Question: {question}\n\n"
         f"The user preferred this response:\n{chosen}\n\n"

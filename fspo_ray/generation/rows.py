@@ -1,5 +1,5 @@
-"""Row helpers shared by every stage: seeded random streams, keys, drops, and the one
-encoding rows travel in between Ray Data stages."""
+"""Row helpers shared by every stage: seeded random streams, keys, drops, token counts, and the
+one encoding rows travel in between Ray Data stages."""
 
 from __future__ import annotations
 
@@ -7,10 +7,17 @@ import hashlib
 import json
 from collections import Counter
 
-# Column layout between Ray Data stages: routing keys as columns, everything else in one
-# JSON payload (views, personas and labels are nested and vary by provider).
-KEY_COLUMNS = ("shard_id", "key")
+import pyarrow as pa
+
+# Column layout between Ray Data stages: routing keys as columns, everything else in one JSON
+# payload (views, personas and labels are nested and vary by provider). `engine` and
+# `messages_json` are a model call's request in the engines layer's contract
+# (fspo_ray/engines/ray_data.py), which adds its reply as columns.
 PAYLOAD = "payload"
+ROW_SCHEMA = pa.schema(
+    [("shard_id", pa.string()), ("key", pa.string()), (PAYLOAD, pa.string()), ("engine", pa.string()),
+     ("messages_json", pa.string())]
+)
 
 
 def seed_of(*parts: object) -> int:
@@ -103,15 +110,66 @@ def count_drops(rows) -> Counter:
     return Counter(r["drop"] for r in rows if r.get("drop"))
 
 
-def encode(rows: list[dict]) -> dict[str, list]:
-    """Rows -> columns for a Ray Data batch (shard_id, key, payload)."""
-    return {
-        "shard_id": [r["shard_id"] for r in rows],
-        "key": [r.get("key", "") for r in rows],
-        PAYLOAD: [json.dumps(r, separators=(",", ":")) for r in rows],
-    }
+def add_tokens(*counts: dict) -> dict:
+    """Sum {model: generated tokens} counts."""
+    out: dict[str, int] = {}
+    for c in counts:
+        for model, n in c.items():
+            out[model] = out.get(model, 0) + n
+    return out
 
 
-def decode(batch) -> list[dict]:
-    """A Ray Data batch (dict of columns) -> rows."""
-    return [json.loads(p) for p in batch[PAYLOAD]]
+# --- rows <-> Arrow batches ------------------------------------------------------------
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows -> a batch: a row carrying `messages` and `engine` is a request to that model."""
+    cols: dict[str, list] = {n: [] for n in ROW_SCHEMA.names}
+    for r in rows:
+        r = dict(r)
+        messages = r.pop("messages", None)
+        cols["shard_id"].append(r["shard_id"])
+        cols["key"].append(r.get("key", ""))
+        cols["engine"].append(r.pop("engine", "") or "")
+        cols["messages_json"].append(json.dumps(messages) if messages is not None else "")
+        cols[PAYLOAD].append(json.dumps(r, separators=(",", ":")))
+    return pa.table(cols, schema=ROW_SCHEMA)
+
+
+def from_table(table: pa.Table) -> list[dict]:
+    """A batch -> rows. A row a model answered (the engines layer's reply columns) comes back with
+    `generated_text`, `engine_error` when it failed, and the model's tokens counted; it is off the
+    routing (no `engine`, no `messages`). A request not answered yet keeps both."""
+    names = table.column_names
+    if PAYLOAD not in names:  # the pipeline's input items (shards, probe slots)
+        return table.to_pylist()
+    n = table.num_rows
+    col = lambda name, default: table.column(name).to_pylist() if name in names else [default] * n  # noqa: E731
+    answered = "generated_text" in names
+    rows = []
+    for p, engine, messages, text, error, tokens in zip(
+        col(PAYLOAD, ""), col("engine", ""), col("messages_json", ""), col("generated_text", ""),
+        col("engine_error", ""), col("num_generated_tokens", 0), strict=True,
+    ):
+        r = json.loads(p)
+        if engine and answered:
+            r["generated_text"] = text or ""
+            if error:
+                r["engine_error"] = str(error)
+            r["tokens"] = add_tokens(r.get("tokens", {}), {engine: int(tokens or 0)})
+        elif engine:
+            r["engine"] = engine
+            if messages:
+                r["messages"] = json.loads(messages)
+        rows.append(r)
+    return rows
+
+
+def rows_fn(fn):
+    """A stage function over rows -> a Ray Data batch function over Arrow tables."""
+
+    def batch_fn(table: pa.Table) -> pa.Table:
+        return to_table(fn(from_table(table)))
+
+    batch_fn.__name__ = getattr(fn, "__name__", "stage")
+    return batch_fn

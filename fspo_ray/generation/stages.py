@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from fspo_ray.generation.parsers import Drop
 from fspo_ray.generation.providers import combine_orders
-from fspo_ray.generation.rows import drop, pair_id, rng_for, slot_key
+from fspo_ray.generation.rows import add_tokens, drop, pair_id, rng_for, slot_key
 
 # --- stages 1-2: personas and questions ------------------------------------------------
 
@@ -125,15 +125,6 @@ def pair_responses(requests: list[dict], seed: int) -> list[dict]:
                 "gen_b": b["generator"],
             }
         )
-    return out
-
-
-def add_tokens(*counts: dict) -> dict:
-    """Sum {model: generated tokens} counts."""
-    out: dict[str, int] = {}
-    for c in counts:
-        for model, n in c.items():
-            out[model] = out.get(model, 0) + n
     return out
 
 

@@ -12,7 +12,12 @@ from typing import Any
 
 from ray.serve import Application
 
-from fspo_ray.serving.config import ServeConfig, check_model_paths, load_serve_config, resolve_paths
+from fspo_ray.serving.config import (
+    ServeConfig,
+    check_model_paths,
+    load_serve_config,
+    resolve_serve_prompting,
+)
 from fspo_ray.serving.deployments import AnswerDeployment, PersonaDeployment
 from fspo_ray.serving.ingress import Ingress
 from fspo_ray.serving.page import build_pool
@@ -20,8 +25,9 @@ from fspo_ray.serving.store import make_store
 
 
 def build_app(args: dict[str, Any] | ServeConfig | None) -> Application:
-    cfg = resolve_paths(load_serve_config(args))
+    cfg = load_serve_config(args)
     check_model_paths(cfg)
+    cfg = resolve_serve_prompting(cfg)  # N and RAT as the models were trained; a contradiction fails here
     api_key = cfg.auth.resolve()
     make_store(cfg.store.kind, cfg.store.path, cfg.store.class_path).close()  # fail now on an unusable path
     if cfg.page.enabled:

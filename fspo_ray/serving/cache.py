@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fspo_ray.episodes import Preference
-from fspo_ray.serving.store import user_key
+from fspo_ray.serving.pseudonyms import user_key
 
 
 def preferences_hash(prefs: Sequence[Preference]) -> str:

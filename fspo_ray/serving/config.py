@@ -1,7 +1,8 @@
 """ServeConfig: the one schema a Serve YAML's `args` must satisfy before anything starts.
 
-Same conventions as fspo_ray.config: extra="forbid", a description on every field, cross-field
-checks in one validator per model, errors that name the field.
+Same conventions as the run config (fspo_ray/sections.py): extra="forbid", a description on every
+field, cross-field checks in one validator per model, errors that name the field. Paths are
+resolved once, at load, by the run layout's rule (fspo_ray/layout.py).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
-from fspo_ray.config import ConfigError, Section, format_validation_error
-from fspo_ray.personalize import EngineConfig, PersonalizeConfig
+from fspo_ray.layout import absolute, looks_local, resolve_path
+from fspo_ray.personalize import PersonalizeConfig, StageEngineConfig, resolve_prompting
+from fspo_ray.sections import ConfigError, Section, format_validation_error
 from fspo_ray.serving.page import PageConfig
 
 
@@ -209,19 +211,23 @@ class AuthConfig(Section):
 
 def _default_personalize() -> PersonalizeConfig:
     return PersonalizeConfig(
-        persona=EngineConfig(model="{output_dir}/models/rat_describe", max_new_tokens=64),
-        answer=EngineConfig(model="{output_dir}/models/fspo_rat", max_new_tokens=128),
+        persona=StageEngineConfig(model="{output_dir}/models/rat_describe", max_new_tokens=64),
+        answer=StageEngineConfig(model="{output_dir}/models/fspo_rat", max_new_tokens=128),
     )
 
 
 class ServeConfig(Section):
     """The Serve application: `args` of serve/config.yaml."""
 
-    output_dir: str = Field("runs/fspo-world", description="The training run whose models/ this serves.")
+    output_dir: str = Field(
+        "runs/fspo-world", description="The training run whose models/ this serves (relative: to the directory "
+        "`serve run` starts in)."
+    )
     model_id: str = Field("fspo-rat", min_length=1, description="Model name clients send and GET /v1/models lists.")
     personalize: PersonalizeConfig = Field(
         default_factory=_default_personalize,
-        description="The two stages (same schema as evaluation). '{output_dir}' in a model path is replaced.",
+        description="The two stages and their prompt settings (taken from how the models were trained, their "
+        "fspo_prompt.json). '{output_dir}' in a model path is replaced.",
     )
     check_model_paths: bool = Field(
         True, description="Fail at build time when a local model directory is missing (off: replicas find out)."
@@ -235,9 +241,12 @@ class ServeConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
+        # Paths once, here: '{output_dir}' replaced, local paths absolute (replicas run elsewhere).
+        out = absolute(self.output_dir)
+        object.__setattr__(self, "output_dir", out)
         for stage in ("persona", "answer"):
-            engine: EngineConfig = getattr(self.personalize, stage)
-            object.__setattr__(engine, "model", engine.model.replace("{output_dir}", self.output_dir))
+            engine: StageEngineConfig = getattr(self.personalize, stage)
+            object.__setattr__(engine, "model", resolve_path(engine.model, out))
             opts: DeploymentOptions = getattr(self.deployments, stage)
             if engine.kind == "vllm" and opts.num_gpus <= 0:
                 raise ValueError(
@@ -260,15 +269,18 @@ class ServeConfig(Section):
                 f"personalize.answer.max_new_tokens ({self.personalize.answer.max_new_tokens}) must be <= "
                 f"limits.max_tokens ({self.limits.max_tokens})"
             )
-        object.__setattr__(self.store, "path", self.store.path.replace("{output_dir}", self.output_dir))
+        store = self.store.path.replace("{output_dir}", out)
+        object.__setattr__(self.store, "path", absolute(store) if self.store.kind == "sqlite" else store)
         for section, name in _PAGE_PATHS:
             value = getattr(section(self), name)
             if value is not None:
-                object.__setattr__(section(self), name, value.replace("{output_dir}", self.output_dir))
+                value = value.replace("{output_dir}", out)
+                model = name == "unpersonalized_model"  # a model may be a hub id; the others are files
+                object.__setattr__(section(self), name, resolve_path(value, out) if model else absolute(value))
         return self
 
 
-# The page's paths: '{output_dir}' is replaced and local paths resolved like the model paths.
+# The page's paths: '{output_dir}' is replaced, files made absolute, the model resolved like the others.
 _PAGE_PATHS = ((lambda c: c.page.pairs, "path"), (lambda c: c.page.pairs.world, "run_config"),
                (lambda c: c.page, "unpersonalized_model"))
 
@@ -280,11 +292,7 @@ def load_serve_config(args: dict[str, Any] | ServeConfig | None) -> ServeConfig:
     try:
         return ServeConfig.model_validate(args or {})
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e).replace("invalid config:", "invalid serve config:", 1)) from None
-
-
-def _looks_local(path: str) -> bool:
-    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).exists()
+        raise ConfigError(format_validation_error(e, "serve config")) from None
 
 
 def check_model_paths(cfg: ServeConfig) -> None:
@@ -295,7 +303,7 @@ def check_model_paths(cfg: ServeConfig) -> None:
     if cfg.page.enabled and cfg.page.unpersonalized_model is not None:
         models.append(("page.unpersonalized_model", cfg.page.unpersonalized_model))
     for field, path in models:
-        if not _looks_local(path):
+        if not looks_local(path):
             continue
         p = Path(path).expanduser()
         if not (p / "config.json").is_file():
@@ -305,16 +313,7 @@ def check_model_paths(cfg: ServeConfig) -> None:
             )
 
 
-def resolve_paths(cfg: ServeConfig) -> ServeConfig:
-    """Absolute local paths, so replicas find them whatever their working directory."""
-    for stage in ("persona", "answer"):
-        engine = getattr(cfg.personalize, stage)
-        if _looks_local(engine.model):
-            object.__setattr__(engine, "model", str(Path(engine.model).expanduser().resolve()))
-    if cfg.store.kind == "sqlite":
-        object.__setattr__(cfg.store, "path", str(Path(cfg.store.path).expanduser().resolve()))
-    for section, name in _PAGE_PATHS:
-        value = getattr(section(cfg), name)
-        if value is not None and (name != "unpersonalized_model" or _looks_local(value)):
-            object.__setattr__(section(cfg), name, str(Path(value).expanduser().resolve()))
-    return cfg
+def resolve_serve_prompting(cfg: ServeConfig) -> ServeConfig:
+    """The config with the prompt settings decided from the served models' fspo_prompt.json (the
+    ingress reads num_shots and rat; an explicit contradicting setting fails here, at build time)."""
+    return cfg.model_copy(update={"personalize": resolve_prompting(cfg.personalize)})

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from fspo_ray.engines import Sampling
+from fspo_ray.engines.config import Sampling
 from fspo_ray.episodes import Preference
 from fspo_ray.personalize import Generation, Personalizer, PromptTooLongError
 from fspo_ray.serving.batching import Batcher

@@ -24,7 +24,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fspo_ray.engines import Sampling
+from fspo_ray.engines.config import Sampling
 from fspo_ray.personalize import PromptTooLongError
 from fspo_ray.serving.cache import PersonaCache, preferences_hash
 from fspo_ray.serving.config import ServeConfig

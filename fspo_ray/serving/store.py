@@ -7,7 +7,6 @@ Deletion really deletes: SQLite's secure_delete zeroes freed pages and the WAL i
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import sqlite3
 import threading
@@ -18,11 +17,7 @@ from typing import Protocol
 
 from fspo_ray.episodes import Preference
 from fspo_ray.errors import FspoError
-
-
-def user_key(user_id: str) -> str:
-    """A pseudonym for logs, caches and deletion events: never the raw id."""
-    return hashlib.sha256(user_id.encode()).hexdigest()[:24]
+from fspo_ray.serving.pseudonyms import user_key
 
 
 class ProfileStore(Protocol):

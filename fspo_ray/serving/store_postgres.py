@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from fspo_ray.episodes import Preference
 from fspo_ray.errors import FspoError
-from fspo_ray.serving.store import user_key
+from fspo_ray.serving.pseudonyms import user_key
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS fspo_preferences ("

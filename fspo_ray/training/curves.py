@@ -22,21 +22,21 @@ def read_curve(stage_dir: str | Path) -> list[dict]:
 def plot_learning_curves(cfg, summary: dict) -> Path | None:
     """`<output_dir>/plots/learning_curve.png` and its data (`learning_curve.json`); None when no
     preference stage recorded a curve or matplotlib is missing."""
-    out = Path(cfg.output_dir)
+    layout = cfg.layout
     curves = {}
     for st in cfg.train.stages:
-        points = read_curve(out / "train" / st.name)
+        points = read_curve(layout.train(st.name))
         if points and st.kind == "preference":
             curves[st.name] = points
     if not curves:
         return None
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    layout.plots.mkdir(parents=True, exist_ok=True)
     data = {"curves": curves, "reference": {}}
     for name in curves:
         ref = summary.get("stages", {}).get(name, {}).get("reference")
         if ref:
             data["reference"][name] = {k: ref[k].get("held_out") for k in ("shot_reader", "population_prior")}
-    (out / "plots" / "learning_curve.json").write_text(json.dumps(data, indent=2))
+    (layout.plots / "learning_curve.json").write_text(json.dumps(data, indent=2))
     try:
         import matplotlib
 
@@ -62,7 +62,7 @@ def plot_learning_curves(cfg, summary: dict) -> Path | None:
     ax.set_title(f"Learning curve, held-out users (world seed {cfg.world.seed})")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path = out / "plots" / "learning_curve.png"
+    path = layout.plots / "learning_curve.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from fspo_ray.data import SPLITS as SPLIT_NAMES
 from fspo_ray.modeling import PROMPT_CONTRACT
+from fspo_ray.splits import SPLITS
 from fspo_ray.training.plan import RunPlan, StagePlan
 
 CLIENT_STATE = "fspo_state.json"
@@ -105,7 +105,7 @@ def train_loop_per_worker(config: dict) -> None:
     if plan.use_gpu:
         torch.cuda.set_device(device)
     users = {"train": load_users(plan.pref_dir, "train")}
-    for split in SPLIT_NAMES:
+    for split in SPLITS:
         users[f"eval:{split}"] = load_users(plan.pref_dir, split, max_users=plan.eval_users_per_split)
     ckpt = ray.train.get_checkpoint()
     state = None
@@ -176,7 +176,7 @@ class StageRun:
         # Scored sets: every split at the stage's N, plus held-out users at each N of the sweep.
         self.scored: dict[str, list[dict]] = {}
         if st.score:
-            for split in SPLIT_NAMES:
+            for split in SPLITS:
                 users = self.users[f"eval:{split}"]
                 if users.prefs:
                     examples, _ = encode_examples(eval_episodes(users, st, p), tok, st, p, self.token_cache)
@@ -447,7 +447,7 @@ def _with_shots(stage: StagePlan, n: int) -> StagePlan:
 
 
 def _scored_summary(result: dict) -> dict:
-    acc = {k: v for k, v in result.items() if k in SPLIT_NAMES}
+    acc = {k: v for k, v in result.items() if k in SPLITS}
     sweep = {int(k.split("@")[1]): v for k, v in result.items() if k.startswith("held_out@") and not k.endswith("_pairs")}
     pairs = {k[: -len("_pairs")]: v for k, v in result.items() if k.endswith("_pairs")}
     return {"reward_accuracy": acc, "held_out_by_shots": dict(sorted(sweep.items())), "pairs": pairs}

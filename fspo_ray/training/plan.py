@@ -7,9 +7,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fspo_ray.config import RunConfig, StageConfig
+from fspo_ray.layout import RunLayout
 from fspo_ray.losses import PREFERENCE_KINDS
+from fspo_ray.training.config import StageConfig
+
+if TYPE_CHECKING:  # the run config composes this package's section: a type, not an import at run time
+    from fspo_ray.config import RunConfig
 
 
 @dataclass
@@ -106,26 +111,29 @@ def selected_stages(cfg: RunConfig) -> list[StageConfig]:
     return [s for s in cfg.train.stages if cfg.train.only is None or s.name in cfg.train.only]
 
 
-def model_dir(cfg: RunConfig, name: str) -> Path:
-    return Path(cfg.output_dir) / "models" / name
+def stage_batch(cfg: RunConfig, stage: StageConfig) -> tuple[int, int]:
+    """(micro-batch, accumulation steps) of a stage: its own sizes, else train's."""
+    t = cfg.train
+    micro = stage.micro_batch_size or t.micro_batch_size
+    return micro, (stage.global_batch_size or t.global_batch_size) // (micro * t.num_workers)
 
 
 def resolve_model(cfg: RunConfig, ref: str) -> str:
-    return cfg.model.name_or_path if ref == "model" else str(model_dir(cfg, ref))
+    return cfg.model.name_or_path if ref == "model" else str(cfg.layout.model(ref))
 
 
 def make_plan(cfg: RunConfig, *, fail_at: dict | None = None, embedder_path: str | None = None) -> RunPlan:
-    t, out = cfg.train, Path(cfg.output_dir).resolve()
+    t, out = cfg.train, RunLayout(Path(cfg.output_dir).resolve())
     stages = []
     for st in selected_stages(cfg):
         n = stage_shots(cfg, st)
         loss_type = st.loss_type or cfg.loss.loss_type
         preference = st.kind in PREFERENCE_KINDS
-        micro, accum = t.batch_of(st)
+        micro, accum = stage_batch(cfg, st)
         stages.append(StagePlan(
             name=st.name, kind=st.kind, init_path=resolve_model(cfg, st.init_from),
             reference_path=resolve_model(cfg, st.reference or st.init_from) if preference else None,
-            export_dir=str(model_dir(cfg, st.name)), stage_dir=str(out / "train" / st.name),
+            export_dir=str(cfg.layout.model(st.name)), stage_dir=str(out.train(st.name)),
             num_shots=n, min_shots=min(cfg.episodes.min_shots, n), queries=stage_queries(cfg, st), micro_batch=micro, accum=accum, rat=st.rat,
             task="describe" if st.kind.startswith("describe") else "answer", epochs=st.epochs,
             max_episodes=st.max_episodes, lr=st.lr, optimizer=st.optimizer, weight_decay=st.weight_decay,
@@ -137,7 +145,7 @@ def make_plan(cfg: RunConfig, *, fail_at: dict | None = None, embedder_path: str
             score=st.kind == "preference", curve_every=t.curve_every if st.kind == "preference" else 0,
         ))
     return RunPlan(
-        run_name=cfg.run_name, pref_dir=str(out / "prefs"), seed=cfg.seed, template=cfg.episodes.template,
+        run_name=cfg.run_name, pref_dir=str(out.prefs), seed=cfg.seed, template=cfg.episodes.template,
         signed_shots=cfg.episodes.signed_shots,
         max_length=cfg.episodes.max_length, repeats_per_epoch=cfg.episodes.repeats_per_epoch,
         zero_stage=t.zero_stage, use_gpu=t.use_gpu,

@@ -14,17 +14,19 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fspo_ray.config import RunConfig
+from fspo_ray.engines.embedder import embedder_path
 from fspo_ray.errors import FspoError
-from fspo_ray.training.loop import SPLIT_NAMES, is_exported, train_loop_per_worker
+from fspo_ray.splits import SPLITS
+from fspo_ray.training.config import check_metric_sinks
+from fspo_ray.training.loop import is_exported, train_loop_per_worker
 from fspo_ray.training.plan import make_plan, resolve_model, selected_stages, stage_shots
 
+if TYPE_CHECKING:  # the run config composes this package's section: a type, not an import at run time
+    from fspo_ray.config import RunConfig
+
 logger = logging.getLogger(__name__)
-
-
-def pref_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.output_dir) / "prefs"
 
 
 def check_inputs(cfg: RunConfig) -> None:
@@ -33,7 +35,8 @@ def check_inputs(cfg: RunConfig) -> None:
     from fspo_ray.episodes import check_shot_counts
     from fspo_ray.modeling import ModelLoadError
 
-    prefs = pref_dir(cfg)
+    check_metric_sinks(cfg.train)
+    prefs = cfg.layout.prefs
     table = read_preferences(prefs, splits=["train"])
     if table.num_rows == 0:
         raise FspoError(f"{prefs}: no rows with split=train to train on")
@@ -57,9 +60,7 @@ def check_inputs(cfg: RunConfig) -> None:
             elif ref not in {s.name for s in stages} and not is_exported(resolve_model(cfg, ref)):
                 raise FspoError(f"stage {st.name}: starts from {ref!r}, which is neither selected (train.only) nor exported")
     if any(st.kind == "describe_preference" for st in stages):
-        from fspo_ray.generation.checks import embedder_path
-
-        embedder_path(cfg)  # fails with the fix named when the embedder is not installed
+        embedder_path(cfg.embedder)  # fails with the fix named when the embedder is not installed
     _check_budget(cfg, table, stages)
 
 
@@ -87,9 +88,7 @@ def _check_budget(cfg: RunConfig, table, stages) -> None:
 def _embedder(cfg: RunConfig) -> str | None:
     if not any(st.kind == "describe_preference" for st in selected_stages(cfg)):
         return None
-    from fspo_ray.generation.checks import embedder_path
-
-    return embedder_path(cfg)
+    return embedder_path(cfg.embedder)
 
 
 def fit(cfg: RunConfig, *, fail_at: dict | None = None) -> float:
@@ -113,7 +112,7 @@ def fit(cfg: RunConfig, *, fail_at: dict | None = None) -> float:
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=TrainRunConfig(
             name=cfg.run_name,
-            storage_path=str(Path(cfg.output_dir).resolve() / "ray_train"),
+            storage_path=str(cfg.layout.ray_train.resolve()),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
         ),
@@ -128,7 +127,7 @@ def fit(cfg: RunConfig, *, fail_at: dict | None = None) -> float:
         lines = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
         raise FspoError(
             f"training failed after {t.max_failures} restart(s): {lines[-1] if lines else e!r}. Worker logs: "
-            f"ray logs / {Path(cfg.output_dir) / 'train'}. Rerun the same command to resume from the last checkpoint."
+            f"ray logs / {cfg.layout.root / 'train'}. Rerun the same command to resume from the last checkpoint."
         ) from None
     for s in plan.stages:
         if not is_exported(s.export_dir):
@@ -160,10 +159,10 @@ def reference_accuracies(cfg: RunConfig, stage) -> dict:
 
     plan = make_plan(cfg)
     st = next(s for s in plan.stages if s.name == stage)
-    train = load_users(pref_dir(cfg), "train")
+    train = load_users(cfg.layout.prefs, "train")
     out: dict = {"shot_reader": {}, "population_prior": {}, "shot_reader_by_shots": {}}
-    for split in SPLIT_NAMES:
-        users = load_users(pref_dir(cfg), split, max_users=cfg.train.eval_users_per_split)
+    for split in SPLITS:
+        users = load_users(cfg.layout.prefs, split, max_users=cfg.train.eval_users_per_split)
         if not users.prefs:
             continue
         episodes = eval_episodes(users, st, plan)
@@ -180,12 +179,11 @@ def reference_accuracies(cfg: RunConfig, stage) -> dict:
 
 def collect(cfg: RunConfig, wall_s: float) -> dict:
     """Per-stage results the workers wrote, the reference predictors, timing; eval_metrics.json."""
-    out = Path(cfg.output_dir)
-    summary_path = out / "eval_metrics.json"
+    summary_path = cfg.layout.eval_metrics
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"stages": {}}
     timing: dict = {}
     for st in selected_stages(cfg):
-        d = out / "train" / st.name
+        d = cfg.layout.train(st.name)
         if (d / "timing.json").exists():
             timing[st.name] = json.loads((d / "timing.json").read_text())
         if not (d / "eval_metrics.json").exists():

@@ -51,12 +51,9 @@ class DescriptionRanker:
     """Cosine similarity of texts to a gold description with a sentence embedder (offline path)."""
 
     def __init__(self, embedder_path: str, device: str = "cpu"):
-        import os
+        from fspo_ray.engines.embedder import load_sentence_model
 
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(embedder_path, device=device)
+        self.model = load_sentence_model(embedder_path, device=device)
 
     def similarities(self, samples: Sequence[Sequence[str]], gold: Sequence[str]) -> list[list[float]]:
         flat = [t or "-" for group in samples for t in group]

@@ -11,6 +11,7 @@ test bed where personalization can succeed or fail, not a mock. Pure Python, no 
     rows = world.user_preferences(persona.user_id, n_pairs=16)
 """
 
+from fspo_ray.splits import SPLITS
 from fspo_ray.world.axes import AXES, AXIS_NAMES, FRAGMENTS
 from fspo_ray.world.judge import LABELS, decides, judge, refinable_axes, refine, score
 from fspo_ray.world.persona import Persona
@@ -31,7 +32,7 @@ from fspo_ray.world.responses import (
     respond,
     sample_views,
 )
-from fspo_ray.world.users import SPLITS, make_user_id, parse_user_id
+from fspo_ray.world.users import make_user_id, parse_user_id
 from fspo_ray.world.world import World, WorldParams, corpus, get_world, world_from_config
 
 __all__ = [

@@ -17,11 +17,10 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
+from fspo_ray.splits import SPLITS
 from fspo_ray.world.axes import AXES
 from fspo_ray.world.persona import Persona, make_persona
 from fspo_ray.world.questions import AXIS_POOL, REQUIRED_AXES
-
-SPLITS: tuple[str, ...] = ("train", "held_out", "interpolated")
 
 ForbiddenPair = tuple[tuple[str, str], tuple[str, str]]
 

@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
+from fspo_ray.splits import SPLITS
 from fspo_ray.world.axes import AXES
 from fspo_ray.world.judge import decides, judge, refine, score
 from fspo_ray.world.persona import Persona
@@ -41,7 +42,6 @@ from fspo_ray.world.responses import (
     sample_views,
 )
 from fspo_ray.world.users import (
-    SPLITS,
     forbidden_pairs,
     make_user_id,
     parse_user_id,
@@ -375,7 +375,7 @@ def get_world(params: WorldParams) -> World:
 
 
 def world_from_config(cfg) -> World:
-    """The World of a `WorldConfig` (fspo_ray.config), read by attribute so this module needs
+    """The World of a `WorldConfig` (fspo_ray/world/config.py), read by attribute so this module needs
     no pydantic. The config's `spread` is the high-temperature spread (plain_high_temp);
     fields the config lacks keep their WorldParams defaults."""
     names = {

@@ -106,7 +106,8 @@ def _manifests(out: Path) -> dict[str, dict]:
 def _reference_rows(cfg) -> list[dict]:
     """The rows the plan must give, computed in this process by the same stage functions (no Ray)."""
     from fspo_ray.data import rows_to_table, validate_rows
-    from fspo_ray.generation.providers import make_provider, plan_shards
+    from fspo_ray.generation.providers import make_provider
+    from fspo_ray.generation.sources import plan_shards
     from fspo_ray.generation.stages import run_shard_in_process
 
     provider = make_provider(cfg)
@@ -124,7 +125,8 @@ def test_generation_survives_a_lost_node_with_the_exact_rows(cluster, tmp_path):
     and no shard committed before the loss computed again (its manifest is untouched)."""
     from fspo_ray.data import read_preferences
     from fspo_ray.generation.pipeline import run_generate
-    from fspo_ray.generation.providers import make_provider, plan_shards
+    from fspo_ray.generation.providers import make_provider
+    from fspo_ray.generation.sources import plan_shards
 
     a, b = cluster.add("cpu"), cluster.add("cpu")
     out = tmp_path / "gen"

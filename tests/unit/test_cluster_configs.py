@@ -240,7 +240,8 @@ def test_rayservice_serves_the_builder_with_serve_gpu_args_and_the_trained_model
     stages = {s.name for s in train.train.stages}
     for engine in (cfg.personalize.persona, cfg.personalize.answer):
         assert Path(engine.model).parent == Path(RUN_DIR) / "models" and Path(engine.model).name in stages
-    assert cfg.personalize.template == train.episodes.template  # served with the prompt format it was trained on
+    # served with the prompt format it was trained on: left unset, it comes with each model (fspo_prompt.json)
+    assert cfg.personalize.template is None and cfg.personalize.num_shots is None
     assert svc["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
 
 
@@ -272,7 +273,7 @@ def test_gpu_pools_of_the_shipped_configs_fit_their_node_groups():
         "generate.llm.generators[llama-3.3-70b]": (4, 4, "H100"),   # 16 GPUs: two 8-GPU nodes
         "generate.llm.generators[gemma-2-27b]": (2, 4, "H100"),
         "generate.llm.judge": (4, 4, "H100"),                       # 2 replicas, twice (judging + refinement)
-        "generate.report.embedder": (1, 1, None),
+        "embedder": (1, 1, None),
     }
     train = load_config(REPO / "jobs" / "configs" / "gpu_llama3b.yaml")
     assert [(p.where, p.gpus, p.replicas) for p in check.gpu_pools("train", train)] == [

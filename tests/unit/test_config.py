@@ -20,9 +20,10 @@ def test_world_yaml_loads_and_overrides_apply():
     assert cfg.tiny_model.output == "/tmp/x/models/tiny"
 
 
-def test_run_name_placeholder():
+def test_run_name_placeholder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cfg = build_config({"run_name": "abc"})
-    assert cfg.output_dir == "runs/abc"
+    assert cfg.output_dir == str(tmp_path / "runs/abc")
 
 
 def test_parse_overrides_types():
@@ -90,15 +91,21 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
 
 
-def test_absolute_paths_anchor_local_paths_for_ray_workers(tmp_path, monkeypatch):
+def test_paths_are_resolved_once_at_load_for_ray_workers(tmp_path, monkeypatch):
     # Ray Train workers and Data actors run in their own directories: a relative runs/x given to
     # the driver must reach them as an absolute path, while a hub id stays untouched.
-    from fspo_ray.config import absolute_paths
-
     monkeypatch.chdir(tmp_path)
-    cfg = absolute_paths(build_config({}, ["output_dir=runs/abc", "model.name_or_path={output_dir}/models/tiny"]))
+    cfg = build_config({}, ["output_dir=runs/abc", "model.name_or_path={output_dir}/models/tiny",
+                            "generate.llm.persona_file=p.jsonl", "evaluate.methods.fspo.model=./ckpt"])
     assert cfg.output_dir == str(tmp_path / "runs/abc")
     assert cfg.model.name_or_path == str(tmp_path / "runs/abc/models/tiny")
     assert cfg.tiny_model.output == str(tmp_path / "runs/abc/models/tiny")
-    hub = absolute_paths(build_config({}, ["model.name_or_path=meta-llama/Llama-3.2-3B-Instruct"]))
+    assert cfg.generate.llm.judge.model == str(tmp_path / "runs/abc/models/tiny")
+    assert cfg.generate.llm.persona_file == str(tmp_path / "p.jsonl")
+    assert cfg.evaluate.methods["fspo"].model == str(tmp_path / "ckpt")
+    assert cfg.evaluate.methods["pref_ft"].model == "sft"  # a stage name stays a name
+    assert cfg.layout.model("fspo") == tmp_path / "runs/abc/models/fspo"
+    hub = build_config({}, ["model.name_or_path=meta-llama/Llama-3.2-3B-Instruct"])
     assert hub.model.name_or_path == "meta-llama/Llama-3.2-3B-Instruct"
+    # resolving is idempotent: a resolved config loads back unchanged (Ray workers revalidate it)
+    assert build_config(cfg.model_dump(mode="json")) == cfg

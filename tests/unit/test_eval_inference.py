@@ -1,13 +1,15 @@
-"""The Ray Data actor of evaluation, called in-process: prompts from the Personalizer, rows
-grouped by model, greedy answers equal to the two-stage API's, bad rows counted not raised."""
+"""Evaluation's inference, called in-process: prompts from the Personalizer over each model's
+tokenizer, the engines layer's actor answering rows grouped by model and budget, greedy answers
+equal to the two-stage API's, a prompt that cannot fit counted not raised."""
 
 import json
 
 import pytest
 
+from fspo_ray.engines.ray_data import GenerateActor
 from fspo_ray.episodes import Preference
 from fspo_ray.evaluation.config import InferenceConfig, default_methods
-from fspo_ray.evaluation.inference import OUTPUT_COLUMNS, AnswerActor, personalize_config
+from fspo_ray.evaluation.inference import OUTPUT_COLUMNS, Prompts, engine_config, personalize_config
 from fspo_ray.evaluation.plan import EvalQuestion, EvalUser, answer_request, describe_request
 from fspo_ray.modeling import build_tiny_model, save_model, train_tokenizer
 from fspo_ray.personalize import Personalizer
@@ -35,8 +37,22 @@ USER = EvalUser("u1", "held_out", "elix", "they like short answers", None,
                 (EvalQuestion("what about cooking?", None), EvalQuestion("and travel?", None)))
 
 
-def _batch(rows):
-    return {k: [r[k] for r in rows] for k in rows[0]}
+def _answer(rows, models, inf):
+    """Prompts built, then the hf actor of the engines layer over one batch, in-process."""
+    from dataclasses import asdict
+
+    import pyarrow as pa
+
+    from fspo_ray.engines.config import Sampling
+    from fspo_ray.personalize import SECTION_STOPS
+
+    prompts = Prompts(models, inf, max_shots=4)
+    engine_rows, failed = prompts.rows(rows)
+    actor = GenerateActor({ref: engine_config(path, inf).model_dump() for ref, path in models.items()},
+                          asdict(Sampling(max_new_tokens=inf.max_new_tokens, stop=SECTION_STOPS)))
+    out = actor(pa.Table.from_pylist(engine_rows)) if engine_rows else pa.table({})
+    answered = {r["request_id"]: prompts.output(r) for r in out.to_pylist()}
+    return [answered.get(r["request_id"]) or failed[r["request_id"]] for r in rows], actor
 
 
 def test_actor_groups_by_model_and_matches_the_personalizer(models):
@@ -48,21 +64,21 @@ def test_actor_groups_by_model_and_matches_the_personalizer(models):
         dict(answer_request("oracle", methods["oracle"], USER, 1, 4, USER.description), model="a"),
         dict(answer_request("base", methods["base"], USER, 1, 4, None), model="b"),
     ]
-    actor = AnswerActor(models, inf.model_dump(), max_shots=4)
-    out = actor(_batch(rows))
-    assert list(out) == list(OUTPUT_COLUMNS)
-    assert out["request_id"] == [r["request_id"] for r in rows]  # row order kept across model groups
-    assert out["error"] == [""] * 4 and out["shots_used"] == [4, 2, 4, 0]
+    out, actor = _answer(rows, models, inf)
+    assert all(list(o)[: len(OUTPUT_COLUMNS)] == list(OUTPUT_COLUMNS) for o in out)
+    assert [o["request_id"] for o in out] == [r["request_id"] for r in rows]
+    assert [o["error"] for o in out] == [""] * 4 and [o["shots_used"] for o in out] == [4, 2, 4, 0]
     # the same prompts through the two-stage API give the same greedy texts
-    pa = Personalizer.from_config(personalize_config(models["a"], inf, 4))
+    pa_ = Personalizer.from_config(personalize_config(models["a"], inf, 4))
     pb = Personalizer.from_config(personalize_config(models["b"], inf, 4))
     shots = list(USER.shot_pool)
-    assert out["text"][0] == pa.answer(shots, None, "what about cooking?")
-    assert out["text"][1] == pb.describe(shots[:2])
-    assert out["text"][2] == pa.answer(shots, USER.description, "and travel?")
-    assert out["text"][3] == pb.answer([], None, "and travel?")
-    assert all(out["text"]) and out["finish_reason"][0] in ("stop", "length")
-    assert set(actor._loaded) == {"a", "b"}  # each model loaded once, on first use
+    assert out[0]["text"] == pa_.answer(shots, None, "what about cooking?")
+    assert out[1]["text"] == pb.describe(shots[:2])
+    assert out[2]["text"] == pa_.answer(shots, USER.description, "and travel?")
+    assert out[3]["text"] == pb.answer([], None, "and travel?")
+    assert out[2]["prompt"] == pa_.answer_prompt(shots, USER.description, "and travel?")[0]  # what reached the engine
+    assert all(o["text"] for o in out) and out[0]["finish_reason"] in ("stop", "length")
+    assert set(actor._engines) == {"a", "b"}  # each model loaded once, on first use
 
 
 def test_a_prompt_that_cannot_fit_is_counted_not_raised(models):
@@ -70,7 +86,7 @@ def test_a_prompt_that_cannot_fit_is_counted_not_raised(models):
     long_question = dict(answer_request("base", default_methods()["base"], USER, 0, 0, None), model="a",
                          question="why " * 200)
     ok = dict(answer_request("base", default_methods()["base"], USER, 1, 0, None), model="a")
-    out = AnswerActor({"a": models["a"]}, inf.model_dump(), max_shots=4)(_batch([long_question, ok]))
-    assert out["finish_reason"][0] == "error" and "even with no shots" in out["error"][0] and out["text"][0] == ""
-    assert out["error"][1] == "" and out["text"][1]
+    out, _ = _answer([long_question, ok], {"a": models["a"]}, inf)
+    assert out[0]["finish_reason"] == "error" and "even with no shots" in out[0]["error"] and out[0]["text"] == ""
+    assert out[1]["error"] == "" and out[1]["text"]
     assert json.loads(ok["shots_json"]) == []

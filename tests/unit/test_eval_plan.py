@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fspo_ray.config import ConfigError, build_config
-from fspo_ray.evaluation.config import EvaluateConfig, MethodConfig, resolve_num_shots
+from fspo_ray.evaluation.config import EvaluateConfig, MethodConfig
 from fspo_ray.evaluation.descriptions import axes_recovered, summarize
 from fspo_ray.evaluation.judging import (
     Comparison,
@@ -24,9 +24,11 @@ from fspo_ray.evaluation.plan import (
     checkpoint_problem,
     describe_request,
     plan_methods,
+    plan_prompts,
     select_users,
     user_from_rows,
 )
+from fspo_ray.layout import RunLayout
 from fspo_ray.world import World, WorldParams
 
 STAGES = ("base_sft", "sft", "fspo", "ipo_no_context", "rat_describe_sft", "rat_describe", "fspo_rat")
@@ -49,10 +51,6 @@ def test_default_methods_map_to_training_stages():
         "oracle": ("fspo_rat", "true_description", None),
     }
     assert ev.baseline == "base" and ev.on_missing == "skip" and ev.num_shots is None
-    # unset num_shots: the N the models were trained with
-    cfg = resolve_num_shots(build_config({}, ["episodes.num_shots=4"]))
-    assert cfg.evaluate.num_shots == 4 and cfg.evaluate.max_shots == 8 and cfg.episodes.num_shots == 4
-    assert resolve_num_shots(build_config({}, ["evaluate.num_shots=2"])).evaluate.num_shots == 2
 
 
 def test_method_overrides_merge_onto_defaults():
@@ -135,7 +133,7 @@ def test_plan_methods_skip_fail_and_explicit_paths(tmp_path):
         _fake_model(tmp_path / "models" / st)
     (tmp_path / "models" / "fspo_rat").mkdir()  # an interrupted export: no weights
     ev = EvaluateConfig()
-    plan = plan_methods(ev, str(tmp_path))
+    plan = plan_methods(ev, RunLayout(tmp_path))
     assert list(plan.methods) == ["base", "few_shot", "pref_ft", "ipo", "fspo"]
     assert plan.skipped["fspo_rat"] == f"model stage 'fspo_rat': {tmp_path}/models/fspo_rat has no weights " \
                                        "(model.safetensors or model.safetensors.index.json or pytorch_model.bin)"
@@ -145,18 +143,63 @@ def test_plan_methods_skip_fail_and_explicit_paths(tmp_path):
     assert plan.models["base_sft"] == str(tmp_path / "models" / "base_sft")
 
     with pytest.raises(EvaluationError, match=r"evaluate.methods.fspo_rat: model stage 'fspo_rat'.*has no weights"):
-        plan_methods(ev.model_copy(update={"on_missing": "fail"}), str(tmp_path))
+        plan_methods(ev.model_copy(update={"on_missing": "fail"}), RunLayout(tmp_path))
     # a missing baseline always fails
     with pytest.raises(EvaluationError, match="evaluate.methods.base: model stage 'base_sft'"):
-        plan_methods(ev, str(tmp_path / "elsewhere"))
+        plan_methods(ev, RunLayout(tmp_path / "elsewhere"))
     # an explicit checkpoint that does not exist always fails, whatever on_missing says
     methods = dict(ev.methods, fspo=MethodConfig(model=str(tmp_path / "nope"), context="shots"))
     with pytest.raises(EvaluationError, match=f"evaluate.methods.fspo.model: checkpoint {tmp_path}/nope does not exist"):
-        plan_methods(ev.model_copy(update={"methods": methods}), str(tmp_path))
+        plan_methods(ev.model_copy(update={"methods": methods}), RunLayout(tmp_path))
     # only the baseline left: nothing to evaluate
     with pytest.raises(EvaluationError, match="nothing to evaluate"):
-        plan_methods(ev.model_copy(update={"only": ["fspo_rat"]}), str(tmp_path))
+        plan_methods(ev.model_copy(update={"only": ["fspo_rat"]}), RunLayout(tmp_path))
     assert checkpoint_problem("meta-llama/Llama-3.2-3B-Instruct") is None  # a hub id: not checked offline
+
+
+def _trained(path: Path, num_shots: int, rat: bool = False, task: str = "answer") -> None:
+    _fake_model(path)
+    (path / "fspo_prompt.json").write_text(json.dumps({"template": "markdown", "num_shots": num_shots, "rat": rat,
+                                                       "task": task}))
+
+
+def test_num_shots_and_contexts_follow_how_the_models_were_trained(tmp_path):
+    """The main table's N comes from the models' fspo_prompt.json; a setting that contradicts it names
+    both values and is refused unless evaluate.override_prompt_contract says it is on purpose."""
+    layout = RunLayout(tmp_path)
+    _trained(layout.model("base_sft"), 0)  # trained without shots: any N is the few-shot baseline
+    _trained(layout.model("ipo_no_context"), 0)
+    for st in ("sft", "fspo"):
+        _trained(layout.model(st), 8)
+    _trained(layout.model("fspo_rat"), 8, rat=True)
+    for st in ("rat_describe_sft", "rat_describe"):
+        _trained(layout.model(st), 8, task="describe")
+    ev = EvaluateConfig()
+    plan = plan_methods(ev, layout)
+    assert plan_prompts(ev, plan, fallback_shots=4).num_shots == 8  # trained N, not episodes.num_shots
+    with pytest.raises(ConfigError, match=r"evaluate\.num_shots=4 contradicts how .*/models/sft was trained "
+                                          r"\(num_shots: 8 in its fspo_prompt\.json\).*override_prompt_contract=true"):
+        plan_prompts(ev.model_copy(update={"num_shots": 4}), plan, fallback_shots=4)
+    on_purpose = ev.model_copy(update={"num_shots": 4, "override_prompt_contract": True})
+    assert plan_prompts(on_purpose, plan, fallback_shots=4).num_shots == 4
+    # models trained with different N: unset is ambiguous
+    _trained(layout.model("sft2"), 4)
+    mixed = ev.model_copy(update={"methods": dict(ev.methods, pref_ft=MethodConfig(model="sft2", context="shots"))})
+    with pytest.raises(EvaluationError, match=r"trained with different N \(N=4: method 'pref_ft'; N=8: method 'fspo'"):
+        plan_prompts(mixed, plan_methods(mixed, layout), fallback_shots=4)
+    # a context that contradicts RAT training
+    for name, m in (("oracle", MethodConfig(model="fspo", context="true_description")),
+                    ("fspo", MethodConfig(model="fspo_rat", context="shots"))):
+        wrong = ev.model_copy(update={"methods": dict(ev.methods, **{name: m})})
+        with pytest.raises(EvaluationError, match=rf"evaluate\.methods\.{name}: context '{m.context}'.*trained with rat"):
+            plan_prompts(wrong, plan_methods(wrong, layout), fallback_shots=4)
+        allowed = wrong.model_copy(update={"override_prompt_contract": True})
+        assert plan_prompts(allowed, plan_methods(allowed, layout), fallback_shots=4).num_shots == 8
+    # models without a contract (hub models, untrained copies): episodes.num_shots
+    bare = RunLayout(tmp_path / "bare")
+    for st in STAGES:
+        _fake_model(bare.model(st))
+    assert plan_prompts(ev, plan_methods(ev, bare), fallback_shots=4).num_shots == 4
 
 
 def test_cells_main_table_plus_sweep_of_methods_with_context():

@@ -19,6 +19,7 @@ from fspo_ray.generation.checks import (
     check_persona_file,
     check_questions_file,
 )
+from fspo_ray.generation.labels import combine_orders
 from fspo_ray.generation.llm import LLMProvider
 from fspo_ray.generation.parsers import (
     Drop,
@@ -28,10 +29,11 @@ from fspo_ray.generation.parsers import (
     parse_views,
 )
 from fspo_ray.generation.prompts import judge_prompt
-from fspo_ray.generation.providers import combine_orders, make_provider, plan_shards
+from fspo_ray.generation.providers import make_provider
 from fspo_ray.generation.report import build_report, cosine_stats
 from fspo_ray.generation.rows import RowRandom, rng_for
 from fspo_ray.generation.shards import ShardStore, fingerprint
+from fspo_ray.generation.sources import plan_shards
 from fspo_ray.generation.stages import (
     _refine_user,
     _run_machines,
@@ -392,13 +394,14 @@ def test_world_yaml_generate_section_and_gpu_config_load():
     g = gpu.generate
     assert g.provider == "llm" and g.strategy == "ensemble_view_conditioning"
     assert [m.model for m in g.llm.generators] == ["meta-llama/Llama-3.3-70B-Instruct", "google/gemma-2-27b-it"]
-    assert all(m.engine == "vllm" for m in [*g.llm.generators, g.llm.judge])
+    assert all(m.kind == "vllm" for m in [*g.llm.generators, g.llm.judge])
     assert [m.tensor_parallel_size for m in g.llm.generators] == [4, 2]
 
 
 def test_vllm_processor_config_is_built_from_the_model_config():
     pytest.importorskip("ray.data.llm")
-    from fspo_ray.generation.engines_ray import (
+    from fspo_ray.engines.ray_data import (
+        restore_row,
         vllm_postprocess,
         vllm_preprocess,
         vllm_processor_config,
@@ -406,41 +409,56 @@ def test_vllm_processor_config_is_built_from_the_model_config():
 
     gpu = load_config(CONFIGS / "gpu_generate_70b.yaml")
     m = gpu.generate.llm.generators[0]
-    c = vllm_processor_config(m, gpu.output_dir)
+    c = vllm_processor_config(m)
     assert c.model_source == "meta-llama/Llama-3.3-70B-Instruct"
     assert c.engine_kwargs["tensor_parallel_size"] == 4 and c.engine_kwargs["max_model_len"] == m.max_model_len
     assert (c.batch_size, c.concurrency, c.accelerator_type) == (m.batch_size, m.concurrency, "H100")
     assert c.should_continue_on_error is True
-    row = {"shard_id": "s", "key": "k", "payload": "{}", "engine": "x", "messages_json": json.dumps([{"role": "user", "content": "hi"}])}
-    pre = vllm_preprocess({"temperature": 0.7, "max_tokens": 5})(row)
-    assert pre["messages"] == [{"role": "user", "content": "hi"}] and pre["sampling_params"]["max_tokens"] == 5
-    post = vllm_postprocess({**pre, "generated_text": "ok"})
-    assert post == {**row, "generated_text": "ok", "num_generated_tokens": 0, "engine_error": False}
+    # our PromptTokenizer renders and tokenizes, vLLM's own text honours the stop strings
+    assert not (c.chat_template_stage or c.tokenize_stage or c.detokenize_stage)
+    row = {"shard_id": "s", "key": "k", "payload": "{}", "engine": "x", "model": "m", "max_tokens": 3,
+           "messages_json": json.dumps([{"role": "user", "content": "hi"}]), "tokenized_prompt": [5, 6]}
+    pre = vllm_preprocess({"temperature": 0.7, "max_tokens": 5})(dict(row))
+    # only token ids and sampling reach the processor (a `model` column would mean a LoRA adapter)
+    assert set(pre) == {"fspo_row", "tokenized_prompt", "sampling_params"}
+    assert pre["tokenized_prompt"] == [5, 6] and pre["sampling_params"] == {"temperature": 0.7, "max_tokens": 3}
+    ok = restore_row({**vllm_postprocess({**pre, "generated_text": "ok", "num_generated_tokens": 1}), "__inference_error__": ""})
+    request = {k: v for k, v in row.items() if k != "tokenized_prompt"}
+    assert ok == {**request, "generated_text": "ok", "num_generated_tokens": 1, "engine_error": ""}
+    failed = restore_row({**pre, "__inference_error__": "CUDA OOM", "generated_text": ""})  # bypassed postprocess
+    assert failed == {**request, "generated_text": "", "num_generated_tokens": 0, "engine_error": "CUDA OOM"}
 
 
-def test_vllm_branch_routing_and_reply_merge_on_arrow_tables():
-    """The vLLM engine op's CPU halves: rows for this model are selected, the processor's
-    output (a good row and an error row that bypassed postprocess) is merged back."""
+def test_replies_merge_into_rows_and_requests_stay_routed():
+    """Between the engines layer's stage and the next task: a row a model answered comes back with its
+    text, error and tokens; a request for another model keeps its routing and the reply columns it had."""
     import pyarrow as pa
 
-    from fspo_ray.generation.pipeline import from_table, merge_reply, select_engine, to_table
+    from fspo_ray.engines.ray_data import addressed, with_replies
+    from fspo_ray.generation.rows import from_table, to_table
 
     rows = [
         {"shard_id": "s", "key": "k0", "engine": "gen-a", "messages": [{"role": "user", "content": "q0"}], "x": 0},
         {"shard_id": "s", "key": "k1", "engine": "gen-b", "messages": [{"role": "user", "content": "q1"}], "x": 1},
         {"shard_id": "s", "key": "k2", "engine": "gen-a", "messages": [{"role": "user", "content": "q2"}], "x": 2},
+        {"shard_id": "s", "key": "k3", "x": 3, "drop": "too_few_views"},
     ]
     table = to_table(rows)
-    mine = select_engine("gen-a", True)(table)
-    rest = select_engine("gen-a", False)(table)
-    assert mine.column("key").to_pylist() == ["k0", "k2"] and rest.column("key").to_pylist() == ["k1"]
-    replied = mine.append_column("generated_text", pa.array(["hello", ""]))
-    replied = replied.append_column("num_generated_tokens", pa.array([3, 0]))
-    replied = replied.append_column("__inference_error__", pa.array(["", "CUDA OOM"]))
-    merged = from_table(merge_reply(replied))
-    assert [(r["key"], r["generated_text"], r["tokens"], r.get("engine_error")) for r in merged] == [
+    assert addressed({"gen-a"}, True)(table).column("key").to_pylist() == ["k0", "k2"]
+    assert addressed({"gen-a"}, False)(table).column("key").to_pylist() == ["k1", "k3"]
+    replied = with_replies(table, {0: ("hello", 3, ""), 2: ("", 0, "CUDA OOM")})
+    assert replied.column("generated_text").to_pylist() == ["hello", "", "", ""]
+    # a later stage for gen-b writes its rows and keeps gen-a's replies
+    again = with_replies(replied, {1: ("hi b", 2, "")})
+    assert again.column("generated_text").to_pylist() == ["hello", "hi b", "", ""]
+    assert again.column("num_generated_tokens").type == pa.int64()
+    merged = from_table(again)
+    assert [(r["key"], r["generated_text"], r["tokens"], r.get("engine_error")) for r in merged[:3]] == [
         ("k0", "hello", {"gen-a": 3}, None),
+        ("k1", "hi b", {"gen-b": 2}, None),
         ("k2", "", {"gen-a": 0}, "CUDA OOM"),
     ]
     assert all("engine" not in r and "messages" not in r for r in merged)  # answered: off the routing
-    assert from_table(rest)[0]["engine"] == "gen-b" and from_table(rest)[0]["x"] == 1
+    assert merged[3] == {"shard_id": "s", "key": "k3", "x": 3, "drop": "too_few_views"}
+    waiting = from_table(table)[1]  # before any stage: still a request to gen-b
+    assert waiting["engine"] == "gen-b" and waiting["messages"][0]["content"] == "q1" and waiting["x"] == 1

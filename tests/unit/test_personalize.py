@@ -4,16 +4,19 @@ import threading
 
 import pytest
 
+from fspo_ray.engines.config import EngineConfig
+from fspo_ray.engines.local import build_engine
 from fspo_ray.episodes import RESPONSE_HEADER, Preference
 from fspo_ray.modeling import build_tiny_model, save_model, train_tokenizer
 from fspo_ray.personalize import (
-    EngineConfig,
     PersonalizeConfig,
     Personalizer,
     PromptTooLongError,
-    build_engine,
+    StageEngineConfig,
+    resolve_prompting,
     sanitize_user_text,
 )
+from fspo_ray.sections import ConfigError
 
 TEXTS = [f"the user prefers {a} answers about {b} with {c}" for a in ("short", "long", "playful", "formal")
          for b in ("cooking", "travel", "money", "physics", "music") for c in ("bullets", "steps", "prose", "videos")] * 5
@@ -36,8 +39,8 @@ def model_dir(tmp_path_factory):
 
 
 def _cfg(model_dir, **kw):
-    return PersonalizeConfig(persona=EngineConfig(model=model_dir, max_new_tokens=6),
-                             answer=EngineConfig(model=model_dir, max_new_tokens=8), **kw)
+    return PersonalizeConfig(persona=StageEngineConfig(model=model_dir, max_new_tokens=6),
+                             answer=StageEngineConfig(model=model_dir, max_new_tokens=8), **kw)
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +148,40 @@ def test_engines_from_config(model_dir):
         build_engine(EngineConfig(kind="vllm", model=model_dir))
     with pytest.raises(ValueError, match="device='cpu' applies to kind 'hf' only"):
         EngineConfig(kind="vllm", model=model_dir, device="cpu")
+
+
+def _with_contract(model_dir, out, **contract):
+    """A copy of the tiny model with the prompt contract a training stage would have written."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, out)
+    (out / "fspo_prompt.json").write_text(json.dumps({"template": "markdown", "signed_shots": False, "num_shots": 8,
+                                                      "rat": True, "task": "answer"} | contract))
+    return str(out)
+
+
+def test_prompting_follows_the_trained_contract_and_refuses_contradictions(model_dir, tmp_path):
+    trained = _with_contract(model_dir, tmp_path / "chat3", template="chat", num_shots=3)
+    p = Personalizer.from_config(_cfg(trained))
+    assert p.cfg.num_shots == 3 and p.cfg.rat is True  # as trained, nothing set
+    prompt, _, kept = p.answer_prompt(SHOTS, "likes short", "q?")
+    assert prompt.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>") and kept == 3
+    assert "## User Description\nlikes short" in prompt
+    with pytest.raises(ConfigError, match=r"personalize\.template='markdown' contradicts how .*chat3 was trained "
+                                          r"\(template: 'chat' in its fspo_prompt\.json\)"):
+        Personalizer.from_config(_cfg(trained, template="markdown"))
+    with pytest.raises(ConfigError, match=r"personalize\.num_shots=8 contradicts .*\(num_shots: 3 "):
+        resolve_prompting(_cfg(trained, num_shots=8))
+    on_purpose = Personalizer.from_config(_cfg(trained, template="markdown", num_shots=5, override_prompt_contract=True))
+    assert on_purpose.answer_prompt(SHOTS, None, "q?")[0].startswith("# Example 1") and on_purpose.cfg.num_shots == 5
+    # an answer model trained without the description block (rat: false) gets none
+    plain = _with_contract(model_dir, tmp_path / "plain", rat=False)
+    assert "## User Description" not in Personalizer.from_config(_cfg(plain)).answer_prompt(SHOTS, "d", "q?")[0]
+    # stage models trained with different N: unset num_shots cannot pick one
+    mixed = PersonalizeConfig(persona=StageEngineConfig(model=trained), answer=StageEngineConfig(model=plain))
+    with pytest.raises(ConfigError, match=r"trained with different N \(persona 3, answer 8\)"):
+        resolve_prompting(mixed)
+    # a model trained without shots (N = 0) may be shown shots: the few-shot baseline
+    base = _with_contract(model_dir, tmp_path / "base", num_shots=0, rat=False)
+    assert resolve_prompting(_cfg(base, num_shots=4)).num_shots == 4

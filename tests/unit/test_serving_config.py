@@ -5,17 +5,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fspo_ray.config import ConfigError
-from fspo_ray.serving.config import ServeConfig, check_model_paths, load_serve_config, resolve_paths
+from fspo_ray.sections import ConfigError
+from fspo_ray.serving.config import (
+    ServeConfig,
+    check_model_paths,
+    load_serve_config,
+    resolve_serve_prompting,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_defaults_follow_the_run_layout():
+def test_defaults_follow_the_run_layout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths: to where `serve run` starts, resolved at load
     cfg = load_serve_config({"output_dir": "runs/seed1"})
-    assert cfg.personalize.persona.model == "runs/seed1/models/rat_describe"
-    assert cfg.personalize.answer.model == "runs/seed1/models/fspo_rat"
-    assert cfg.store.path == "runs/seed1/serve/profiles.sqlite3"
+    assert cfg.personalize.persona.model == str(tmp_path / "runs/seed1/models/rat_describe")
+    assert cfg.personalize.answer.model == str(tmp_path / "runs/seed1/models/fspo_rat")
+    assert cfg.store.path == str(tmp_path / "runs/seed1/serve/profiles.sqlite3")
     assert cfg.personalize.persona.kind == cfg.personalize.answer.kind == "hf"
 
 
@@ -76,9 +82,36 @@ def test_model_paths_are_checked_and_resolved(tmp_path, monkeypatch):
     check_model_paths(load_serve_config({"personalize": {"persona": {"model": "meta-llama/Llama-3.2-3B-Instruct"},
                                                          "answer": {"model": "meta-llama/Llama-3.2-3B-Instruct"}}}))
     monkeypatch.chdir(tmp_path)
-    rel = resolve_paths(load_serve_config({"output_dir": "run"}))
+    rel = load_serve_config({"output_dir": "run"})
     assert rel.personalize.answer.model == str(tmp_path / "run" / "models" / "fspo_rat")
     assert rel.store.path == str(tmp_path / "run" / "serve" / "profiles.sqlite3")
+    hub = load_serve_config({"personalize": {"persona": {"model": "meta-llama/Llama-3.2-3B-Instruct"},
+                                             "answer": {"model": "meta-llama/Llama-3.2-3B-Instruct"}}})
+    assert hub.personalize.answer.model == "meta-llama/Llama-3.2-3B-Instruct"  # a hub id stays one
+
+
+def test_prompt_settings_come_from_the_served_models(tmp_path):
+    """N and RAT as the models were trained (their fspo_prompt.json), decided at build time for the
+    ingress; an explicit contradiction fails there, naming both values."""
+    import json
+
+    for stage, contract in (("rat_describe", {"num_shots": 4, "task": "describe", "rat": False}),
+                            ("fspo_rat", {"num_shots": 4, "task": "answer", "rat": True, "template": "chat"})):
+        d = tmp_path / "run" / "models" / stage
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+        (d / "fspo_prompt.json").write_text(json.dumps(contract))
+    cfg = resolve_serve_prompting(load_serve_config({"output_dir": str(tmp_path / "run")}))
+    assert (cfg.personalize.num_shots, cfg.personalize.rat) == (4, True)
+    with pytest.raises(ConfigError, match=r"personalize\.num_shots=8 contradicts how .*/models/rat_describe was "
+                                          r"trained \(num_shots: 4 in its fspo_prompt\.json\)"):
+        resolve_serve_prompting(load_serve_config({"output_dir": str(tmp_path / "run"), "personalize": {
+            "num_shots": 8, "persona": {"model": "{output_dir}/models/rat_describe"},
+            "answer": {"model": "{output_dir}/models/fspo_rat"}}}))
+    # untrained (hub) models: the defaults
+    hub = resolve_serve_prompting(load_serve_config({"personalize": {
+        "persona": {"model": "org/a"}, "answer": {"model": "org/a"}}}))
+    assert (hub.personalize.num_shots, hub.personalize.rat) == (8, True)
 
 
 def test_api_key_from_the_environment(monkeypatch):
