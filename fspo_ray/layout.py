@@ -9,6 +9,7 @@
     <output_dir>/eval_metrics.json                 train
     <output_dir>/report.json|.md, plots/           evaluate
     <output_dir>/serve/                            serve (the SQLite profile store)
+    <output_dir>/human_eval/                       the human-evaluation kit (jobs.human_eval_export)
     <output_dir>/resolved_config.<stage>.yaml      every stage
 
 Config paths are resolved once, when the config is loaded (run and Serve configs alike): the
@@ -94,6 +95,10 @@ class RunLayout:
     @property
     def serve(self) -> Path:
         return self.root / "serve"
+
+    @property
+    def human_eval(self) -> Path:
+        return self.root / "human_eval"
 
     def resolved_config(self, stage: str) -> Path:
         return self.root / f"resolved_config.{stage}.yaml"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 from fspo_ray.config import RunConfig
 from jobs._common import run_stage
@@ -30,10 +29,10 @@ def demo(cfg: RunConfig) -> None:
         print(f"\n=== {name} ===", flush=True)
         stage(cfg)
         timings[name] = round(time.perf_counter() - t0, 1)
-    out = Path(cfg.output_dir)
-    metrics = json.loads((out / "eval_metrics.json").read_text()) if (out / "eval_metrics.json").exists() else {}
+    layout = cfg.layout
+    metrics = json.loads(layout.eval_metrics.read_text()) if layout.eval_metrics.exists() else {}
     print("\n=== summary ===")
-    print(f"run directory: {out}")
+    print(f"run directory: {layout.root}")
     print(f"stage seconds: {timings} (total {sum(timings.values()):.0f} s)")
     timing = metrics.get("timing")
     if timing:
@@ -48,13 +47,13 @@ def demo(cfg: RunConfig) -> None:
         print(line)
         if m.get("held_out_by_shots"):
             print("  held-out accuracy by shots: " + "  ".join(f"N={n}: {v:.3f}" for n, v in m["held_out_by_shots"].items()))
-    report = out / "report.json"
+    report = layout.report
     if report.exists():
         from fspo_ray.evaluation.report import summary_lines
 
         for line in summary_lines(json.loads(report.read_text())):
             print(line)
-    print(f"win-rate report: {out / 'report.md'}; plots under {out / 'plots'} (learning_curve.png, win rates)")
+    print(f"win-rate report: {report.with_suffix('.md')}; plots under {layout.plots} (learning_curve.png, win rates)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,6 @@ judge are the `evaluate:` section of the config (see docs/evaluation.md).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from fspo_ray.config import RunConfig
 from fspo_ray.ray_utils import init_ray
@@ -25,12 +24,12 @@ def evaluate(cfg: RunConfig) -> dict:
     plan = check_inputs(cfg)  # before any Ray worker starts
     init_ray(cfg.ray)
     report = run_evaluation(cfg, plan)
-    out = Path(cfg.output_dir)
+    out = cfg.layout.root
     print(f"\nWin rate (%) vs {report['baseline']}, N = {report['num_shots']} shots, ± half the 95% interval:")
     print(summary_table(report))
     for method, why in report["skipped"].items():
         print(f"skipped {method}: {why}")
-    print(f"report: {out / 'report.md'} (and report.json)")
+    print(f"report: {cfg.layout.report.with_suffix('.md')} (and report.json)")
     for name, rel in report["plots"].items():
         print(f"plot {name}: {out / rel}")
     return report

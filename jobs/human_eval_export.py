@@ -42,13 +42,13 @@ def export(args: argparse.Namespace) -> None:
     from fspo_ray.evaluation import human_eval
 
     cfg = load_config(args.config, args.overrides)
-    out = Path(args.out or Path(cfg.output_dir) / "human_eval")
+    out = Path(args.out or cfg.layout.human_eval)
     seed = cfg.seed if cfg.evaluate.seed is None else cfg.evaluate.seed
     if args.step == "template":
         from fspo_ray.data import read_preferences
         from fspo_ray.episodes import Preference
 
-        table = read_preferences(args.pairs or Path(cfg.output_dir) / "prefs")
+        table = read_preferences(args.pairs or cfg.layout.prefs)
         pairs = [Preference(r["question"], r["chosen"], r["rejected"]) for r in table.to_pylist()]
         ids = [f"p{i:03d}" for i in range(args.participants)]
         path = human_eval.write_template(pairs, ids, cfg.evaluate.human.template_pairs, out, seed)

@@ -109,3 +109,21 @@ def test_paths_are_resolved_once_at_load_for_ray_workers(tmp_path, monkeypatch):
     assert hub.model.name_or_path == "meta-llama/Llama-3.2-3B-Instruct"
     # resolving is idempotent: a resolved config loads back unchanged (Ray workers revalidate it)
     assert build_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_a_metric_sink_that_is_on_and_missing_fails_before_any_worker(monkeypatch):
+    # The worker imports its sinks without a fallback: a missing package is named at submit time.
+    import importlib.util
+
+    from fspo_ray.training.config import check_metric_sinks
+
+    cfg = build_config({}, ["train.tensorboard=true", "train.wandb=true"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"train\.wandb is on but the wandb package is not installed: pip install "
+                                          r"wandb, or set train\.wandb=false"):
+        check_metric_sinks(cfg.train)
+    check_metric_sinks(build_config({}, ["train.wandb=false"]).train)  # tensorboard: the report extra has it
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match=r"train\.tensorboard is on but the tensorboard package"):
+        check_metric_sinks(build_config({}).train)
