@@ -1,7 +1,8 @@
-"""`ray job submit` end to end, as an operator runs it: a head started with `ray start --head`
-and token authentication on, then generate -> build_model -> train -> evaluate submitted with
-`--working-dir .` on the tiny world, each job's streamed logs and outputs checked. The same
-cluster refuses a submission without the token (and with a wrong one).
+"""`ray job submit` end to end, as an operator runs it: the README's "Stages" commands, run as
+printed in a fresh shell (the venv not activated beforehand): activate, `ray start --head` with
+token authentication, then generate -> build_model -> train -> evaluate submitted with
+`--working-dir .` on the tiny world, the streamed logs and outputs checked. A cluster refuses a
+submission without the token (and with a wrong one).
 
 The head is this module's own: its own --temp-dir, ports and token (RAY_AUTH_TOKEN, so
 ~/.ray/auth_token is neither read nor written), stopped by signalling its `ray start --block`
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -101,7 +103,7 @@ class Head:
     address: str      # the dashboard / Jobs API, http://127.0.0.1:<port>
     token: str
     marker: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen | None  # `ray start --block`; None for a head `ray start` left running in the background
     temp_dir: str
 
     def cli_env(self, token: str | None = "mine", mode: str | None = "token") -> dict:
@@ -146,7 +148,7 @@ def _start_head(attempt: int) -> Head:
 
 
 def _stop_head(head: Head) -> None:
-    if head.proc.poll() is None:
+    if head.proc is not None and head.proc.poll() is None:
         head.proc.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
         try:
             head.proc.wait(timeout=60)
@@ -186,18 +188,6 @@ def ray_cli(head: Head, *args: str, env: dict | None = None, timeout: float = 90
     return subprocess.run([RAY, *args], cwd=ROOT, env=env or head.cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def submit(head: Head, stage: str, out: Path, submission_id: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, str]:
-    """`ray job submit --working-dir . -- python -m jobs.<stage> --config world.yaml <tiny>`; follows the logs."""
-    t0 = time.perf_counter()
-    r = ray_cli(head, "job", "submit", "--address", head.address, "--working-dir", ".", "--submission-id", submission_id,
-                "--", "python", "-m", f"jobs.{stage}", "--config", CONFIG, *tiny_overrides(out), timeout=timeout)
-    print(f"[job-submit] {stage}: rc={r.returncode} in {time.perf_counter() - t0:.0f} s")
-    text = r.stdout + r.stderr
-    assert r.returncode == 0, f"{stage} failed:\n{text[-4000:]}"
-    assert f"Job '{submission_id}' succeeded" in text
-    return r, text
-
-
 # --------------------------------------------------------------------------- tests
 
 
@@ -227,18 +217,68 @@ def test_submission_without_the_token_is_refused(head, tmp_path):
     assert "refused-" not in listed.stdout
 
 
+def readme_commands() -> list[str]:
+    """The README's operator commands (its "Stages" bash block), comments dropped."""
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("## Stages"):].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].rstrip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_block_is_the_one_the_slow_test_runs():
+    """Cheap guard for the slow test below: the lines it runs are the README's, in this order."""
+    lines = readme_commands()
+    assert lines[:4] == ["source .venv/bin/activate", "ray start --head", "export RAY_AUTH_MODE=token",
+                         "OUT=$PWD/runs/fspo-world"]
+    assert [line.split("jobs.")[1].split()[0] for line in lines[4:]] == ["generate", "build_model", "train", "evaluate"]
+    assert all(line.startswith("ray job submit --working-dir . -- python -m jobs.") and line.endswith("output_dir=$OUT")
+               for line in lines[4:])
+
+
 @pytest.mark.slow  # ~10 min on the shared 2-core machine (four jobs, each a cold Python + Ray start)
-def test_generate_build_train_evaluate_by_job_submit(head, tmp_path):
+def test_readme_commands_generate_build_train_evaluate_in_a_fresh_shell(tmp_path):
     from fspo_ray.data import read_preferences
 
     out = tmp_path / "run"  # absolute: the jobs run in an uploaded copy of the repository
-    ids = {stage: f"{stage}-{uuid.uuid4().hex[:8]}" for stage in ("generate", "build_model", "train", "evaluate")}
-    logs: dict[str, str] = {}
+    temp_dir = tempfile.mkdtemp(prefix="fspo-rd-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    token, marker = secrets.token_hex(24), f"{uuid.uuid4().hex}-readme"
+    gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = _free_ports(9)
+    # The README's lines, each as printed; only what keeps this cluster apart from others on the
+    # machine is added: its own temp dir and ports on `ray start`, the run directory, and the
+    # tiny world's sizes after each job's own arguments.
+    isolation = {
+        "ray start --head": f" --temp-dir={temp_dir} --num-cpus=4 --disable-usage-stats --include-dashboard=true "
+        f"--dashboard-host=127.0.0.1 --port={gcs} --dashboard-port={dash} --ray-client-server-port={client} "
+        f"--dashboard-agent-listen-port={agent_http} --dashboard-agent-grpc-port={agent_grpc} "
+        f"--runtime-env-agent-port={env_agent} --metrics-export-port={metrics} --node-manager-port={node_mgr} "
+        f"--object-manager-port={obj_mgr}",
+    }
+    script = ["set -euo pipefail"]
+    for line in readme_commands():
+        if line == "OUT=$PWD/runs/fspo-world":
+            line = f"OUT={out}"  # not the repository's runs/: the demo's run directory
+        elif line.startswith("ray job submit"):
+            line += " " + " ".join(tiny_overrides(out)[1:])  # output_dir=$OUT is the README's own
+        script.append(line + isolation.get(line, ""))
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    env.update(RAY_AUTH_TOKEN=token, RAY_ADDRESS=f"http://127.0.0.1:{dash}", FSPO_TEST_CLUSTER=marker)
+    assert subprocess.run(["bash", "-c", "command -v ray || echo none"], env=env, capture_output=True,
+                          text=True).stdout.strip() == "none"  # a fresh shell: no ray before activating
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(["bash", "--noprofile", "--norc", "-c", "\n".join(script)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=1700)
+    finally:
+        _stop_head(Head(f"http://127.0.0.1:{dash}", token, marker, None, temp_dir))  # its processes, by marker
+    text = r.stdout + r.stderr
+    print(f"[job-submit] README commands: rc={r.returncode} in {time.perf_counter() - t0:.0f} s")
+    assert r.returncode == 0, text[-4000:]
+    assert len(re.findall(r"Job '[^']+' succeeded", text)) == 4
 
-    _, logs["generate"] = submit(head, "generate", out, ids["generate"])
     rows = read_preferences(out / "prefs").to_pylist()
     n = len(rows)
-    assert f"generated {n} rows into {out}/prefs" in logs["generate"]
+    assert f"generated {n} rows into {out}/prefs" in text
     assert n > 0.9 * 18 * 6 and len({r["pair_id"] for r in rows}) == n
     assert {r["split"] for r in rows} == {"train", "held_out", "interpolated"}
     assert json.loads((out / "data_report.json").read_text())["rows"] == n
@@ -246,33 +286,19 @@ def test_generate_build_train_evaluate_by_job_submit(head, tmp_path):
 
     resolved = yaml.safe_load((out / "resolved_config.generate.yaml").read_text())
     assert resolved["output_dir"] == str(out) and resolved["world"]["users_train"] == 12
-
-    _, logs["build_model"] = submit(head, "build_model", out, ids["build_model"])
-    assert f"tiny model and tokenizer saved to {out}/models/tiny" in logs["build_model"]
+    assert f"tiny model and tokenizer saved to {out}/models/tiny" in text
     assert (out / "models" / "tiny" / "config.json").is_file() and (out / "models" / "tiny" / "tokenizer.json").is_file()
-
-    _, logs["train"] = submit(head, "train", out, ids["train"])
-    assert "[train] stage fspo (preference)" in logs["train"]
+    assert "[train] stage fspo (preference)" in text
     assert (out / "models" / "fspo" / "model.safetensors").is_file()
     steps = [json.loads(line)["step"] for line in (out / "train" / "fspo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 5
     acc = json.loads((out / "eval_metrics.json").read_text())["reward_accuracy"]
     assert set(acc) == {"train", "held_out", "interpolated"} and all(0.0 <= v <= 1.0 for v in acc.values())
-
-    _, logs["evaluate"] = submit(head, "evaluate", out, ids["evaluate"])
     report = json.loads((out / "report.json").read_text())
     assert set(report["win_rate"]["fspo"]) == {"train", "held_out", "interpolated"}
     assert all(0.0 <= v <= 1.0 for v in report["win_rate"]["fspo"].values())
-    assert (out / "report.md").is_file() and f"report: {out / 'report.md'}" in logs["evaluate"]
-
-    # The cluster's own record agrees: every job SUCCEEDED, its logs are retrievable.
-    for stage, job_id in ids.items():
-        status = ray_cli(head, "job", "status", "--address", head.address, job_id, timeout=180)
-        assert f"Job '{job_id}' succeeded" in status.stdout + status.stderr, (stage, status.stdout[-800:])
-    train_logs = ray_cli(head, "job", "logs", "--address", head.address, ids["train"], timeout=180).stdout
-    assert "[train] stage fspo" in train_logs
+    assert (out / "report.md").is_file() and f"report: {out / 'report.md'}" in text
     # No raw preference text or persona description reaches a job's logs.
-    blob = "\n".join([*logs.values(), train_logs])
     private = {r["chosen"] for r in rows} | {r["rejected"] for r in rows} | {r["user_description"] or "" for r in rows}
-    leaked = [t for t in private if len(t) > 20 and t in blob]
+    leaked = [t for t in private if len(t) > 20 and t in text]
     assert not leaked, leaked[:3]
