@@ -71,8 +71,9 @@ class EpisodeStats:
     skipped_users: Counter = field(default_factory=Counter)
 
 
-def _rng(seed: int, *keys: object) -> random.Random:
-    # Stable across processes and Python runs (unlike hash()).
+def stable_rng(seed: int, *keys: object) -> random.Random:
+    """A random stream of (seed, keys): the same on every process and Python run (unlike hash()).
+    Episodes and evaluation's draws use it; generation's per-row streams are rows.rng_for."""
     digest = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "little"))
 
@@ -128,7 +129,7 @@ def build_episodes(
             stats.skipped_users[f"fewer than min_shots+1={min_shots + 1} preferences"] += 1
             continue
         stats.users += 1
-        rng = _rng(seed, epoch, user_id)
+        rng = stable_rng(seed, epoch, user_id)
         extra = {"user_description": (descriptions or {}).get(user_id), "domain": (domains or {}).get(user_id)}
         for _ in range(repeats):
             if queries_per_episode == 1:
@@ -147,7 +148,7 @@ def build_episodes(
                 others = [p for i, p in enumerate(prefs) if i not in members]
                 shots = tuple(rng.sample(others, k))
                 episodes.append(Episode(user_id, shots, tuple(prefs[i] for i in group), **extra))
-    _rng(seed, epoch, "order").shuffle(episodes)
+    stable_rng(seed, epoch, "order").shuffle(episodes)
     stats.episodes = len(episodes)
     return episodes, stats
 

@@ -19,8 +19,8 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from fspo_ray.episodes import Preference
-from fspo_ray.evaluation.plan import EvalQuestion, EvaluationError, EvalUser, stable_rng
+from fspo_ray.episodes import Preference, stable_rng
+from fspo_ray.evaluation.plan import EvalQuestion, EvaluationError, EvalUser
 from fspo_ray.evaluation.stats import WinRate, win_rate
 
 TEMPLATE_COLUMNS = ("participant_id", "item", "question", "response_a", "response_b", "preferred")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from fspo_ray.evaluation.plan import Cell, EvaluationError, EvalUser, stable_rng
+from fspo_ray.episodes import stable_rng
+from fspo_ray.evaluation.plan import Cell, EvaluationError, EvalUser
 from fspo_ray.evaluation.stats import vote
 
 ORDERS = ("A", "B")  # the method's side in order 1 and order 2

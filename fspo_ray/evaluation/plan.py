@@ -15,13 +15,11 @@ Pure Python: no Ray, no torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fspo_ray.episodes import Preference
+from fspo_ray.episodes import Preference, stable_rng
 from fspo_ray.errors import FspoError
 from fspo_ray.evaluation.config import EvaluateConfig, MethodConfig
 from fspo_ray.layout import RunLayout, looks_local
@@ -51,11 +49,6 @@ class EvalUser:
 
     def shots(self, n: int) -> tuple[Preference, ...]:
         return self.shot_pool[:n]
-
-
-def stable_rng(seed: int, *keys: object) -> random.Random:
-    digest = hashlib.blake2b(repr((seed, *keys)).encode(), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "little"))
 
 
 def user_from_rows(user_id: str, rows: list[dict], *, max_shots: int, questions: int, seed: int) -> EvalUser | None:
