@@ -127,3 +127,17 @@ def test_a_metric_sink_that_is_on_and_missing_fails_before_any_worker(monkeypatc
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(ConfigError, match=r"train\.tensorboard is on but the tensorboard package"):
         check_metric_sinks(build_config({}).train)
+
+
+def test_one_section_of_a_run_file_is_read_by_its_owner_alone(tmp_path):
+    # A reader that needs one section (the page needs the run's world) validates it with the owning
+    # package's schema, without the run config and so without the stage packages.
+    from fspo_ray.sections import load_section
+    from fspo_ray.world.config import WorldConfig
+
+    path = save_resolved(load_config(WORLD, ["world.seed=5"]), tmp_path)
+    world = load_section(path, "world", WorldConfig)
+    assert world.seed == 5 and world.rendering == "compact"
+    path.write_text(yaml.safe_dump({"world": {"seed": "x"}, "train": {"anything": 1}}))
+    with pytest.raises(ConfigError, match=r"invalid world section of .*:\n  seed: Input should be a valid integer"):
+        load_section(path, "world", WorldConfig)
