@@ -45,6 +45,7 @@ def baseline_config(cfg: ServeConfig) -> ServeConfig:
     """The config an AnswerDeployment serving the unpersonalized model reads: its engine is the answer
     stage's with the model swapped, its resources are deployments.baseline."""
     engine = cfg.personalize.answer.model_copy(update={"model": cfg.page.unpersonalized_model})
-    personalize = cfg.personalize.model_copy(update={"answer": engine})
+    # Its prompts carry no user context at all: RAT is as that model was trained (decided again).
+    personalize = cfg.personalize.model_copy(update={"answer": engine, "rat": None})
     deployments = cfg.deployments.model_copy(update={"answer": cfg.deployments.baseline})
     return cfg.model_copy(update={"personalize": personalize, "deployments": deployments})

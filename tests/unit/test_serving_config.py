@@ -108,6 +108,15 @@ def test_prompt_settings_come_from_the_served_models(tmp_path):
         resolve_serve_prompting(load_serve_config({"output_dir": str(tmp_path / "run"), "personalize": {
             "num_shots": 8, "persona": {"model": "{output_dir}/models/rat_describe"},
             "answer": {"model": "{output_dir}/models/fspo_rat"}}}))
+    # the page's unpersonalized model (trained without shots or a description) resolves on its own
+    from fspo_ray.personalize import resolve_prompting
+    from fspo_ray.serving.app import baseline_config
+
+    base = tmp_path / "run" / "models" / "base_sft"
+    base.mkdir()
+    (base / "fspo_prompt.json").write_text(json.dumps({"num_shots": 0, "task": "answer", "rat": False}))
+    page = cfg.model_copy(update={"page": cfg.page.model_copy(update={"unpersonalized_model": str(base)})})
+    assert resolve_prompting(baseline_config(page).personalize).rat is False
     # untrained (hub) models: the defaults
     hub = resolve_serve_prompting(load_serve_config({"personalize": {
         "persona": {"model": "org/a"}, "answer": {"model": "org/a"}}}))
