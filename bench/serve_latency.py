@@ -209,12 +209,12 @@ def main(argv=None) -> dict:
     import torch
     from ray import serve
 
-    from fspo_ray.personalize import EngineConfig, PersonalizeConfig, Personalizer
+    from fspo_ray.personalize import PersonalizeConfig, Personalizer, StageEngineConfig
 
     pcfg = PersonalizeConfig(
         num_shots=args.shots,
-        persona=EngineConfig(model=persona_model, max_new_tokens=args.persona_tokens, torch_threads=1),
-        answer=EngineConfig(model=answer_model, max_new_tokens=args.answer_tokens, torch_threads=1),
+        persona=StageEngineConfig(model=persona_model, max_new_tokens=args.persona_tokens, torch_threads=1),
+        answer=StageEngineConfig(model=answer_model, max_new_tokens=args.answer_tokens, torch_threads=1),
     )
     url = start_graph(pcfg, args)
     print(f"[bench] graph up at {url}", flush=True)
