@@ -171,7 +171,7 @@ def test_llm_path_with_a_tiny_model_gives_rows_or_counted_drops(ray_cluster, tmp
         for i, (d, s) in enumerate([("Likes short, playful answers.", "train"), ("Wants formal detail.", "train"),
                                     ("A frugal vegetarian.", "held_out")])
     ))
-    model = {"model": str(tiny_model), "engine": "hf", "batch_size": 8, "num_cpus": 0.5, "max_new_tokens": 12}
+    model = {"model": str(tiny_model), "kind": "hf", "batch_size": 8, "num_cpus": 0.5, "max_new_tokens": 12}
     cfg = build_config(
         {"generate": {"llm": {
             "generators": [{**model, "name": "tiny-a"}, {**model, "name": "tiny-b", "temperature": 1.0}],
@@ -200,11 +200,13 @@ def test_llm_path_with_a_tiny_model_gives_rows_or_counted_drops(ray_cluster, tmp
 def test_vllm_processor_is_built_for_ray_data(ray_cluster, tiny_model):
     import ray.data
 
-    from fspo_ray.generation.config import LLMModelConfig
-    from fspo_ray.generation.engines_ray import build_vllm_stage
+    from fspo_ray.engines.config import EngineConfig, Sampling
+    from fspo_ray.engines.ray_data import generate_stage, vllm_processor
 
-    m = LLMModelConfig(model=str(tiny_model), engine="vllm", batch_size=4, concurrency=1)
-    processor = build_vllm_stage(m, {"temperature": 0.0, "top_p": 1.0, "max_tokens": 4, "seed": 0}, "/tmp")
-    assert processor.list_stage_names() == ["ChatTemplateStage", "TokenizeStage", "vLLMEngineStage", "DetokenizeStage"]
-    ds = processor(ray.data.from_items([{"shard_id": "s", "key": "k", "payload": "{}", "engine": "x", "messages_json": "[]"}]))
+    m = EngineConfig(model=str(tiny_model), kind="vllm", batch_size=4, concurrency=1)
+    processor = vllm_processor(m, Sampling(max_new_tokens=4))
+    # prompts come rendered and tokenized (as the hf engine does it); vLLM's text comes back as it is
+    assert processor.list_stage_names() == ["vLLMEngineStage"]
+    rows = [{"shard_id": "s", "key": "k", "payload": "{}", "engine": "x", "messages_json": "[]"}]
+    ds = generate_stage(ray.data.from_items(rows), {"x": m}, Sampling(max_new_tokens=4))
     assert "vLLMEngineStage" in str(ds)  # planned lazily; running it needs a GPU
