@@ -99,6 +99,11 @@ def stage_shots(cfg: RunConfig, stage: StageConfig) -> int:
     return cfg.episodes.num_shots if stage.num_shots is None else stage.num_shots
 
 
+def stage_min_shots(cfg: RunConfig, stage: StageConfig) -> int:
+    """Fewest shots an episode of the stage may have (a user with fewer pairs uses what it has)."""
+    return min(cfg.episodes.min_shots, stage_shots(cfg, stage))
+
+
 def stage_queries(cfg: RunConfig, stage: StageConfig) -> int:
     """Queries per episode: the configured count where shots form a shared prefix; one pair per
     episode without shots (no prefix to share) and for the describe task (one description)."""
@@ -134,7 +139,7 @@ def make_plan(cfg: RunConfig, *, fail_at: dict | None = None, embedder_path: str
             name=st.name, kind=st.kind, init_path=resolve_model(cfg, st.init_from),
             reference_path=resolve_model(cfg, st.reference or st.init_from) if preference else None,
             export_dir=str(cfg.layout.model(st.name)), stage_dir=str(out.train(st.name)),
-            num_shots=n, min_shots=min(cfg.episodes.min_shots, n), queries=stage_queries(cfg, st), micro_batch=micro, accum=accum, rat=st.rat,
+            num_shots=n, min_shots=stage_min_shots(cfg, st), queries=stage_queries(cfg, st), micro_batch=micro, accum=accum, rat=st.rat,
             task="describe" if st.kind.startswith("describe") else "answer", epochs=st.epochs,
             max_episodes=st.max_episodes, lr=st.lr, optimizer=st.optimizer, weight_decay=st.weight_decay,
             warmup_steps=st.warmup_steps, schedule=st.schedule, min_lr_ratio=st.min_lr_ratio, grad_clip=st.grad_clip, loss_type=loss_type,

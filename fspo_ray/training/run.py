@@ -21,7 +21,7 @@ from fspo_ray.errors import FspoError
 from fspo_ray.splits import SPLITS
 from fspo_ray.training.config import check_metric_sinks
 from fspo_ray.training.loop import is_exported, train_loop_per_worker
-from fspo_ray.training.plan import make_plan, resolve_model, selected_stages, stage_shots
+from fspo_ray.training.plan import make_plan, resolve_model, selected_stages, stage_min_shots, stage_shots
 
 if TYPE_CHECKING:  # the run config composes this package's section: a type, not an import at run time
     from fspo_ray.config import RunConfig
@@ -47,7 +47,7 @@ def check_inputs(cfg: RunConfig) -> None:
     produced = {s.name for s in cfg.train.stages}
     for st in stages:
         n = stage_shots(cfg, st)
-        check_shot_counts(counts, n, min(cfg.episodes.min_shots, n))
+        check_shot_counts(counts, n, stage_min_shots(cfg, st))
         for ref in {st.init_from, st.reference or st.init_from}:
             if ref == "model":
                 path = Path(cfg.model.name_or_path)
@@ -74,7 +74,7 @@ def _check_budget(cfg: RunConfig, table, stages) -> None:
     # tokenizer (the compact world) spends about one token per word.
     chars_per_token = 4.0 if cfg.tiny_model.tokenizer == "bpe" or cfg.model.name_or_path != cfg.tiny_model.output else 5.0
     for st in stages:
-        n = min(cfg.episodes.min_shots, stage_shots(cfg, st))
+        n = stage_min_shots(cfg, st)
         longest = max(len(render_completion(p.chosen, "")) for p in prefs)
         text = render_prompt(prefs[:n], prefs[0].question)
         est = (len(text) + longest) / chars_per_token
