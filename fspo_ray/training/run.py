@@ -21,7 +21,13 @@ from fspo_ray.errors import FspoError
 from fspo_ray.splits import SPLITS
 from fspo_ray.training.config import check_metric_sinks
 from fspo_ray.training.loop import is_exported, train_loop_per_worker
-from fspo_ray.training.plan import make_plan, resolve_model, selected_stages, stage_min_shots, stage_shots
+from fspo_ray.training.plan import (
+    make_plan,
+    resolve_model,
+    selected_stages,
+    stage_min_shots,
+    stage_shots,
+)
 
 if TYPE_CHECKING:  # the run config composes this package's section: a type, not an import at run time
     from fspo_ray.config import RunConfig
