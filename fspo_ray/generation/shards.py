@@ -44,20 +44,25 @@ def fingerprint(cfg) -> str:
         "views_per_question": g.views_per_question,
         "oversample": g.oversample,
         "users_per_shard": g.users_per_shard,
-        "llm": _llm_fingerprint(g.llm) if g.provider == "llm" else None,
+        "llm": _llm_fingerprint(g.llm, cfg.output_dir) if g.provider == "llm" else None,
     }
     return hashlib.sha256(json.dumps(decided_by, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Where a model runs, not what it writes: changing these keeps the committed shards.
-_RESOURCE_FIELDS = ("concurrency", "num_cpus", "num_gpus", "accelerator_type", "gpu_memory_utilization")
+_RESOURCE_FIELDS = ("concurrency", "num_cpus", "num_gpus", "accelerator_type", "gpu_memory_utilization", "device",
+                    "torch_threads")
 
 
-def _llm_fingerprint(llm) -> dict:
+def _llm_fingerprint(llm, output_dir: str) -> dict:
     d = llm.model_dump(mode="json")
     for m in [*d["generators"], d["judge"]]:
         for k in _RESOURCE_FIELDS:
             m.pop(k, None)
+        # Paths are absolute once loaded: a model inside the run stays '{output_dir}/...', so the
+        # same run read from another mount point resumes.
+        if m["model"].startswith(output_dir.rstrip("/") + "/"):
+            m["model"] = "{output_dir}" + m["model"][len(output_dir.rstrip("/")):]
     return d
 
 

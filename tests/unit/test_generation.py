@@ -295,6 +295,9 @@ def test_fingerprint_ignores_user_counts_and_resources():
     llm = fingerprint(_cfg("generate.provider=llm"))
     assert fingerprint(_cfg("generate.provider=llm", "generate.llm.judge.concurrency=4")) == llm
     assert fingerprint(_cfg("generate.provider=llm", "generate.llm.judge.temperature=0.5")) != llm
+    # the run's own models are '{output_dir}/...' however the run directory is reached
+    assert fingerprint(_cfg("generate.provider=llm", "output_dir=/mnt/a/run")) == \
+        fingerprint(_cfg("generate.provider=llm", "output_dir=/mnt/b/run"))
 
 
 # --- report ------------------------------------------------------------------------------
