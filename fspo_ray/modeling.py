@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from fspo_ray.errors import FspoError
+from fspo_ray.layout import looks_local
 from fspo_ray.sections import Section
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def load_model_and_tokenizer(
     path = Path(name_or_path)
     if path.exists():
         _check_local_dir(path)
-    elif name_or_path.startswith((".", "/")) or name_or_path.count("/") > 1:
+    elif looks_local(name_or_path):
         raise ModelLoadError(f"model path {name_or_path} does not exist")
     kwargs = dict(model_kwargs or {})
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=bool(kwargs.get("trust_remote_code", False)))

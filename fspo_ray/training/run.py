@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from fspo_ray.engines.embedder import embedder_path
 from fspo_ray.errors import FspoError
+from fspo_ray.layout import looks_local
 from fspo_ray.splits import SPLITS
 from fspo_ray.training.config import check_metric_sinks
 from fspo_ray.training.loop import is_exported, train_loop_per_worker
@@ -59,7 +60,7 @@ def check_inputs(cfg: RunConfig) -> None:
                 path = Path(cfg.model.name_or_path)
                 if path.exists() and not any((path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
                     raise ModelLoadError(f"model.name_or_path {path} has no weights (model.safetensors)")
-                if not path.exists() and cfg.model.name_or_path.startswith(("/", ".", "runs")):
+                if not path.exists() and looks_local(cfg.model.name_or_path):
                     raise ModelLoadError(f"model.name_or_path {path} does not exist; run `python -m jobs.build_model` first")
             elif ref not in produced:
                 raise FspoError(f"stage {st.name}: {ref!r} is not a stage of this run")
