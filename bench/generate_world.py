@@ -58,6 +58,7 @@ def _rows_on_disk(prefs: Path) -> int:
 
 def timed_run(base: Path, name: str, rows: int, workers: int, users_per_shard: int) -> dict:
     from fspo_ray.generation.pipeline import run_generate
+    from fspo_ray.generation.shards import ShardStore
 
     out = base / name
     shutil.rmtree(out, ignore_errors=True)
@@ -65,11 +66,11 @@ def timed_run(base: Path, name: str, rows: int, workers: int, users_per_shard: i
     t0 = time.perf_counter()
     report = run_generate(cfg)
     wall = time.perf_counter() - t0
-    on_disk = _rows_on_disk(out / "prefs")
+    on_disk = _rows_on_disk(cfg.layout.prefs)
     assert on_disk == report["rows"], (on_disk, report["rows"])
     # CPU seconds the shard tasks spent (their process time): a figure a busy shared box
     # disturbs far less than wall time.
-    cpu = sum(json.loads(f.read_text())["cpu_seconds"] for f in (out / "prefs" / "_manifest").glob("*.json"))
+    cpu = sum(json.loads(f.read_text())["cpu_seconds"] for f in ShardStore(cfg.layout.prefs).manifests.glob("*.json"))
     res = {
         "name": name,
         "workers": workers,
