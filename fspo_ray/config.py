@@ -18,6 +18,8 @@ fails at submit time, before any Ray worker starts, with the field named.
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,8 @@ from fspo_ray.training.config import LossConfig, ModelConfig, TrainConfig
 from fspo_ray.world.config import WorldConfig
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "load_config", "parse_overrides", "save_resolved"]
+
+logger = logging.getLogger(__name__)
 
 
 class RunConfig(Section):
@@ -106,7 +110,32 @@ class RunConfig(Section):
 
 def build_config(data: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """Dict (+ overrides) -> validated RunConfig, or ConfigError naming each bad field."""
-    return validate(RunConfig, data, overrides)
+    return validate(RunConfig, upgrade(data or {}), overrides)
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A run config written before the one engine config and the embedder: section (the resolved
+    config of an existing run directory, say), in today's keys: `engine` -> `kind`,
+    generate.report.embedder -> embedder, model.trust_remote_code (never read) dropped. Logged."""
+    data = copy.deepcopy(data)
+    moved = []
+    gen, ev = data.get("generate") or {}, data.get("evaluate") or {}
+    engines = [("generate.llm.judge", (gen.get("llm") or {}).get("judge")),
+               ("evaluate.inference", ev.get("inference")), ("evaluate.judge.llm", (ev.get("judge") or {}).get("llm"))]
+    engines += [(f"generate.llm.generators[{i}]", g) for i, g in enumerate((gen.get("llm") or {}).get("generators") or [])]
+    for where, engine in engines:
+        if isinstance(engine, dict) and "engine" in engine and "kind" not in engine:
+            engine["kind"] = engine.pop("engine")
+            moved.append(f"{where}.engine -> kind")
+    report = gen.get("report") or {}
+    if isinstance(report, dict) and "embedder" in report and "embedder" not in data:
+        data["embedder"] = report.pop("embedder")
+        moved.append("generate.report.embedder -> embedder")
+    if isinstance(data.get("model"), dict) and data["model"].pop("trust_remote_code", None) is not None:
+        moved.append("model.trust_remote_code (never read) dropped")
+    if moved:
+        logger.warning("config from an earlier version, read with today's keys: %s", "; ".join(moved))
+    return data
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:

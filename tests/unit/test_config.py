@@ -141,3 +141,19 @@ def test_one_section_of_a_run_file_is_read_by_its_owner_alone(tmp_path):
     path.write_text(yaml.safe_dump({"world": {"seed": "x"}, "train": {"anything": 1}}))
     with pytest.raises(ConfigError, match=r"invalid world section of .*:\n  seed: Input should be a valid integer"):
         load_section(path, "world", WorldConfig)
+
+
+def test_a_config_from_an_earlier_version_is_read_with_todays_keys(caplog):
+    # Existing run directories hold resolved configs written before the engines layer: still readable.
+    old = {"model": {"trust_remote_code": False},
+           "generate": {"llm": {"generators": [{"name": "a", "engine": "vllm"}, {"name": "b", "engine": "hf"}],
+                                "judge": {"engine": "vllm"}},
+                        "report": {"similarity_questions": 3, "embedder": {"name": "BGE-M3", "batch_size": 8}}},
+           "evaluate": {"inference": {"engine": "hf", "pool": "shared"}, "judge": {"llm": {"engine": "hf"}}}}
+    with caplog.at_level("WARNING"):
+        cfg = build_config(old)
+    assert [g.kind for g in cfg.generate.llm.generators] == ["vllm", "hf"] and cfg.generate.llm.judge.kind == "vllm"
+    assert (cfg.embedder.name, cfg.embedder.batch_size) == ("BGE-M3", 8) and cfg.generate.report.similarity_questions == 3
+    assert cfg.evaluate.inference.pool == "shared" and cfg.evaluate.judge.llm.kind == "hf"
+    assert "generate.llm.generators[0].engine -> kind" in caplog.text and "trust_remote_code" in caplog.text
+    assert old["generate"]["llm"]["judge"] == {"engine": "vllm"}  # the caller's dict is left as it was
