@@ -158,10 +158,8 @@ def shared_prefix_allowed(seg_q, seg_kv, q_idx, kv_idx):
     return (causal & real & ~crossed) | padding_self
 
 
-def build_shared_prefix_mask(
-    segment_ids: torch.Tensor, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """The dense (B, 1, T, T) mask for the packed layout.
+def dense_mask(allowed_fn, segment_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The dense (B, 1, T, T) mask of a layout's attention rule `allowed_fn(seg_q, seg_kv, q_idx, kv_idx)`.
 
     With `dtype=None` it is boolean, True = attend (what SDPA takes). With a float dtype it is
     additive, 0 = attend and the dtype's minimum = masked (what eager attention needs: it adds
@@ -169,7 +167,7 @@ def build_shared_prefix_mask(
     """
     length = segment_ids.shape[1]
     positions = torch.arange(length, device=segment_ids.device)
-    allowed = shared_prefix_allowed(
+    allowed = allowed_fn(
         segment_ids[:, :, None],  # (B, T, 1) queries
         segment_ids[:, None, :],  # (B, 1, T) keys
         positions[:, None],  # (T, 1)
@@ -181,6 +179,11 @@ def build_shared_prefix_mask(
     return additive.masked_fill(~allowed, torch.finfo(dtype).min)  # (B, 1, T, T)
 
 
+def build_shared_prefix_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The dense (B, 1, T, T) mask for the packed layout (see `dense_mask`)."""
+    return dense_mask(shared_prefix_allowed, segment_ids, dtype)
+
+
 def flex_attention_available() -> bool:
     """Whether this torch ships flex_attention (torch >= 2.5); running it needs torch.compile."""
     try:
@@ -190,8 +193,8 @@ def flex_attention_available() -> bool:
     return True
 
 
-def build_shared_prefix_block_mask(segment_ids: torch.Tensor):
-    """The same mask as a flex_attention BlockMask, which skips fully masked blocks (GPU path)."""
+def block_mask(allowed_fn, segment_ids: torch.Tensor):
+    """A layout's attention rule as a flex_attention BlockMask, which skips fully masked blocks (GPU path)."""
     if not flex_attention_available():
         raise RuntimeError("flex_attention needs torch >= 2.5; use sdpa or eager attention")
     from torch.nn.attention.flex_attention import create_block_mask
@@ -199,9 +202,14 @@ def build_shared_prefix_block_mask(segment_ids: torch.Tensor):
     batch, length = segment_ids.shape
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return shared_prefix_allowed(segment_ids[b, q_idx], segment_ids[b, kv_idx], q_idx, kv_idx)
+        return allowed_fn(segment_ids[b, q_idx], segment_ids[b, kv_idx], q_idx, kv_idx)
 
     return create_block_mask(mask_mod, batch, None, length, length, device=segment_ids.device)
+
+
+def build_shared_prefix_block_mask(segment_ids: torch.Tensor):
+    """The packed layout's mask as a flex_attention BlockMask."""
+    return block_mask(shared_prefix_allowed, segment_ids)
 
 
 def collator_for(mode: str) -> Callable[[Sequence[Example], int], dict[str, torch.Tensor]]:
@@ -333,26 +341,9 @@ def tree_allowed(seg_q, seg_kv, q_idx, kv_idx):
 
 def build_tree_mask(segment_ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The dense (B, 1, T, T) mask of the tree layout: boolean (SDPA) or additive (eager)."""
-    length = segment_ids.shape[1]
-    positions = torch.arange(length, device=segment_ids.device)
-    allowed = tree_allowed(
-        segment_ids[:, :, None], segment_ids[:, None, :], positions[:, None], positions[None, :]
-    )[:, None]  # (B, 1, T, T)
-    if dtype is None:
-        return allowed
-    additive = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
-    return additive.masked_fill(~allowed, torch.finfo(dtype).min)
+    return dense_mask(tree_allowed, segment_ids, dtype)
 
 
 def build_tree_block_mask(segment_ids: torch.Tensor):
     """The tree mask as a flex_attention BlockMask: fully masked blocks are skipped (GPU path)."""
-    if not flex_attention_available():
-        raise RuntimeError("flex_attention needs torch >= 2.5; use sdpa or eager attention")
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    batch, length = segment_ids.shape
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return tree_allowed(segment_ids[b, q_idx], segment_ids[b, kv_idx], q_idx, kv_idx)
-
-    return create_block_mask(mask_mod, batch, None, length, length, device=segment_ids.device)
+    return block_mask(tree_allowed, segment_ids)

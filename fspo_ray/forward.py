@@ -17,10 +17,10 @@ from torch import nn
 from fspo_ray.collate import (
     FORWARD_MODES,
     IGNORE_INDEX,
-    build_shared_prefix_block_mask,
-    build_shared_prefix_mask,
-    build_tree_block_mask,
-    build_tree_mask,
+    block_mask,
+    dense_mask,
+    shared_prefix_allowed,
+    tree_allowed,
 )
 
 # Attention implementations that take a custom 4D mask (flash-attention kernels do not).
@@ -146,25 +146,29 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return dtype if isinstance(dtype, torch.dtype) else next(model.parameters()).dtype
 
 
-def shared_prefix_attention_mask(
-    segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype
-):
-    """The packed layout's mask in the form each attention implementation takes.
+def attention_mask_for(layout: str, segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype):
+    """A packed layout's mask ("shared_prefix" or "tree") in the form each attention takes.
 
     transformers 5 passes any 4D tensor or BlockMask through unchanged (masking_utils
     `_preprocess_mask_arguments`): SDPA gets it as `attn_mask` (boolean, True = attend);
     eager adds it to the scores (so it must be additive float); flex takes a BlockMask.
     """
+    allowed = {"shared_prefix": shared_prefix_allowed, "tree": tree_allowed}[layout]
     if attn_implementation == "sdpa":
-        return build_shared_prefix_mask(segment_ids)  # (B, 1, T, T) bool
+        return dense_mask(allowed, segment_ids)  # (B, 1, T, T) bool
     elif attn_implementation == "eager":
-        return build_shared_prefix_mask(segment_ids, dtype=dtype)  # (B, 1, T, T) additive
+        return dense_mask(allowed, segment_ids, dtype=dtype)  # (B, 1, T, T) additive
     elif attn_implementation == "flex_attention":
-        return build_shared_prefix_block_mask(segment_ids)
+        return block_mask(allowed, segment_ids)
     raise ValueError(
-        f"the shared-prefix forward needs a 4D attention mask, which attn_implementation "
+        f"the {layout} forward needs a 4D attention mask, which attn_implementation "
         f"{attn_implementation!r} does not take; expected one of {MASKED_ATTENTION}"
     )
+
+
+def shared_prefix_attention_mask(segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype):
+    """The packed layout's mask in the form each attention implementation takes."""
+    return attention_mask_for("shared_prefix", segment_ids, attn_implementation, dtype)
 
 
 def shared_prefix_forward(
@@ -193,16 +197,7 @@ def shared_prefix_forward(
 
 def tree_attention_mask(segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype):
     """The tree layout's mask in the form each attention implementation takes."""
-    if attn_implementation == "sdpa":
-        return build_tree_mask(segment_ids)  # (B, 1, T, T) bool
-    elif attn_implementation == "eager":
-        return build_tree_mask(segment_ids, dtype=dtype)  # (B, 1, T, T) additive
-    elif attn_implementation == "flex_attention":
-        return build_tree_block_mask(segment_ids)
-    raise ValueError(
-        f"the multi-query forward needs a 4D attention mask, which attn_implementation "
-        f"{attn_implementation!r} does not take; expected one of {MASKED_ATTENTION}"
-    )
+    return attention_mask_for("tree", segment_ids, attn_implementation, dtype)
 
 
 def tree_forward(model: nn.Module, batch: Batch, completion_logits_only: bool = True) -> ForwardOutput:
