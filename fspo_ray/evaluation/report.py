@@ -29,7 +29,7 @@ def build_report(*, ev, methods: list[str], results: dict[Cell, WinRate], skippe
                  users: dict[str, int], judge: dict, description_quality: dict | None = None,
                  world_score: dict | None = None, goals: list[dict] | None = None,
                  generation: dict | None = None, seconds: float | None = None,
-                 differences: dict | None = None) -> dict:
+                 differences: dict | None = None, training: dict | None = None) -> dict:
     """Everything the job measured, keyed win_rate[method][split], win_rate_by_shots[method][N]."""
     main = {c: r for c, r in results.items() if c.n == ev.num_shots and c.split in ev.splits}
     report: dict = {
@@ -54,6 +54,8 @@ def build_report(*, ev, methods: list[str], results: dict[Cell, WinRate], skippe
     }
     if differences:
         report.update(differences)
+    if training:
+        report["training"] = training
     for c, r in main.items():
         report["win_rate"].setdefault(c.method, {})[c.split] = r.win_rate
         report["ci95"].setdefault(c.method, {})[c.split] = list(r.ci95)
@@ -163,6 +165,7 @@ def render_markdown(r: dict) -> str:
             row = [f"{r['world_score'][m][s]:.2f}" if s in r["world_score"].get(m, {}) else "n/a" for s in r["splits"]]
             lines.append(f"| {m} | " + " | ".join(row) + " |")
     lines += difference_lines(r)
+    lines += training_lines(r.get("training"))
     lines += description_lines(r.get("description_quality"), r["splits"])
     if r.get("goals"):
         from fspo_ray.evaluation.goals import goals_markdown
@@ -222,6 +225,45 @@ def difference_lines(r: dict) -> list[str]:
             lo, hi = r["diff_ci95"][a][b]
             cells.append(f"{100 * r['diff'][a][b]:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]")
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def training_summary(out_dir: str | Path) -> dict | None:
+    """What the train job measured (its eval_metrics.json): each preference stage's implicit-reward
+    accuracy on held-out pairs per split, the world's reference predictors on the same pairs, and
+    the learning curve's plot when there is one. None without a train job's metrics."""
+    out = Path(out_dir)
+    path = out / "eval_metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    stages = {name: {"reward_accuracy": m.get("reward_accuracy", {}), "held_out_by_shots": m.get("held_out_by_shots", {}),
+                     "reference": {k: v for k, v in (m.get("reference") or {}).items() if k != "shot_reader_by_shots"}}
+              for name, m in metrics.get("stages", {}).items()}
+    curve = out / "plots" / "learning_curve.png"
+    return {"stages": stages, "learning_curve": "plots/learning_curve.png" if curve.is_file() else None,
+            "optimizer_share": (metrics.get("timing") or {}).get("optimizer_share")}
+
+
+def training_lines(t: dict | None) -> list[str]:
+    if not t or not t.get("stages"):
+        return []
+    splits = list(SPLIT_LABELS)
+    lines = ["", "## What the models learned: implicit-reward accuracy on held-out pairs", "",
+             "From the train job (`eval_metrics.json`): given the user's shots, does the stage's "
+             "`log pi/ref(chosen) - log pi/ref(rejected)` rank the user's held-out pairs as they did? The shot "
+             "reader and the no-context prior are the world's own predictors on the same pairs.", "",
+             "| Stage | " + " | ".join(SPLIT_LABELS[s] for s in splits) + " |", "|---|" + "---:|" * len(splits)]
+    for name, m in t["stages"].items():
+        acc = m["reward_accuracy"]
+        lines.append(f"| {name} | " + " | ".join(f"{acc[s]:.3f}" if s in acc else "n/a" for s in splits) + " |")
+        for ref in ("shot_reader", "population_prior"):
+            vals = m["reference"].get(ref) or {}
+            if vals:
+                lines.append(f"| ↳ {ref.replace('_', ' ')} (same pairs) | "
+                             + " | ".join(f"{vals[s]:.3f}" if s in vals else "n/a" for s in splits) + " |")
+    if t.get("learning_curve"):
+        lines += ["", f"![learning curve]({t['learning_curve']})"]
     return lines
 
 

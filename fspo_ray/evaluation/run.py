@@ -175,7 +175,7 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
             scores[c.cell][(c.user.user_id, c.question_index)] = sum(v) / len(v)
     results = {cell: win_rate(v) for cell, v in by_cell.items()}
     goal_split = "held_out" if "held_out" in ev.splits else ev.splits[0]
-    from fspo_ray.evaluation.report import method_differences
+    from fspo_ray.evaluation.report import method_differences, training_summary
 
     differences = method_differences(
         {cell.method: by_key for cell, by_key in scores.items() if cell.split == goal_split and cell.n == ev.num_shots},
@@ -195,7 +195,7 @@ def run_evaluation(cfg: RunConfig, plan: EvalPlan | None = None) -> dict:
         generation={"requests": len(outputs), "errors": sum(bool(o["error"]) for o in outputs),
                     "truncated": sum(o["finish_reason"] == "length" for o in outputs),
                     "seconds": {k: round(v, 1) for k, v in phases.items()}},
-        seconds=time.perf_counter() - t0, differences=differences,
+        seconds=time.perf_counter() - t0, differences=differences, training=training_summary(cfg.output_dir),
     )
     paths = write_report(cfg.output_dir, report)
     logger.info("evaluate: wrote %s", ", ".join(str(p) for p in paths.values()))

@@ -89,3 +89,22 @@ def test_no_sweep_no_sweep_plot(tmp_path):
     assert "win_rate_vs_shots" not in paths and r["plots"] == {"win_rate_by_method": "plots/win_rate_by_method.png"}
     md = render_markdown(r)
     assert "LLM judge `j`" in md and "dropped judgments: 1 unparseable_label" in md and "## Win rate vs number of shots" not in md
+
+
+def test_report_carries_what_training_measured(tmp_path):
+    import json as _json
+
+    from fspo_ray.evaluation.report import training_lines, training_summary
+
+    assert training_summary(tmp_path) is None  # no train job ran here
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "learning_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "eval_metrics.json").write_text(_json.dumps({
+        "stages": {"fspo": {"reward_accuracy": {"held_out": 0.727, "train": 0.692},
+                            "reference": {"shot_reader": {"held_out": 0.879}, "shot_reader_by_shots": {"2": 0.7}}}},
+        "timing": {"optimizer_share": 0.61}}))
+    t = training_summary(tmp_path)
+    assert t["learning_curve"] == "plots/learning_curve.png" and t["optimizer_share"] == 0.61
+    md = "\n".join(training_lines(t))
+    assert "| fspo | 0.692 | 0.727 | n/a |" in md and "| ↳ shot reader (same pairs) | n/a | 0.879 | n/a |" in md
+    assert "![learning curve](plots/learning_curve.png)" in md
