@@ -129,3 +129,16 @@ def test_collate_tree_rejects_bad_examples():
     with pytest.raises(ValueError, match="carry ref_chosen_logps"):
         q = {"question_ids": [2], "chosen_ids": [2], "rejected_ids": [3]}
         collate_tree([{"prefix_ids": [1], "queries": [q, {**q, "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0}]}], PAD)
+
+
+def test_tree_block_mask_has_the_same_rule_as_the_dense_mask():
+    from fspo_ray.collate import build_tree_block_mask, flex_attention_available
+
+    if not flex_attention_available():
+        pytest.skip("torch without flex_attention")
+    from torch.nn.attention.flex_attention import create_mask
+
+    segment_ids = collate_tree(literal_batch(), PAD)["segment_ids"]  # (2, 22)
+    block = build_tree_block_mask(segment_ids)
+    dense = create_mask(block.mask_mod, 2, 1, 22, 22, device="cpu")  # (B, 1, T, T)
+    assert torch.equal(dense, build_tree_mask(segment_ids))
