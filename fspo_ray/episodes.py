@@ -352,8 +352,10 @@ class EpisodeConfig(Section):
         "Off in the official template; the compact world turns it on."
     )
     queries_per_episode: int = Field(
-        1, ge=1, description="Held-out pairs scored against one encoded support set (the N shots): 1 is the official "
-        "episode; Q > 1 encodes the shots once for Q pairs of the same user (same objective, fewer prompt tokens)."
+        8, ge=1, description="Held-out pairs scored against one encoded support set (the N shots): 1 is the official "
+        "episode; Q > 1 encodes the shots once for Q pairs of the same user (same objective, fewer prompt tokens). "
+        "Default 8: 5.6x TRL's pairs/s on ~900-token prompts vs 2.1x at Q = 1 (bench.train_throughput), and reward "
+        "accuracy within 0.02 of Q = 1 at equal pairs per step (docs/training.md)."
     )
 
     @model_validator(mode="after")
