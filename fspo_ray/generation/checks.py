@@ -115,12 +115,26 @@ def autoscaling_ceiling() -> dict | None:
     KubeRay); {} where an autoscaler runs but its bounds are not visible from here (v1)."""
     import ray
     from ray._private import ray_constants
+    from ray.autoscaler._private.util import format_readonly_node_type
     from ray.experimental.internal_kv import _internal_kv_get
 
     most = ray._private.state.state.get_max_resources_from_cluster_config()
     if most:
         return {k: float(v) for k, v in most.items()}
-    return {} if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) is not None else None
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    return {} if autoscaler_running(status, format_readonly_node_type) else None
+
+
+def autoscaler_running(status: bytes | None, readonly_type) -> bool:
+    """Whether the head monitor's status (DEBUG_AUTOSCALING_STATUS) comes from a real autoscaler.
+    The monitor writes it on every cluster, a plain `ray.init` one included: there it runs a
+    read-only provider whose node types are the anonymous `readonly_type(node_id)`. A real
+    autoscaler (cluster launcher v1, the fake multi-node provider) reports configured node types."""
+    try:
+        mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") or {}
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return any(kind != readonly_type(node) for node, kind in mapping.items())
 
 
 def check_cluster(cfg, resources: dict, ceiling: dict | None = None) -> None:

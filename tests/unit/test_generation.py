@@ -387,6 +387,24 @@ def test_concurrency_beyond_the_cluster_names_the_pool():
     check_cluster(gpu, {"CPU": 0.0}, ceiling={})
 
 
+
+def test_autoscaler_is_told_apart_from_the_monitor_of_a_plain_cluster():
+    from fspo_ray.generation.checks import autoscaler_running
+
+    def readonly(node):
+        return f"node_{node}"
+
+    def status(mapping):
+        return json.dumps({"autoscaler_report": {"legacy": True, "node_type_mapping": mapping}}).encode()
+
+    assert not autoscaler_running(None, readonly)
+    assert not autoscaler_running(b"not json", readonly)
+    assert not autoscaler_running(b'{"time": 1.0}', readonly)
+    # What `ray.init` and `ray start --head` write: the read-only provider's anonymous node types.
+    assert not autoscaler_running(status({"abc": "node_abc", "def": "node_def"}), readonly)
+    # The cluster launcher and the fake multi-node provider: the configured node types.
+    assert autoscaler_running(status({"abc": "ray.head.default", "def": "cpu_worker"}), readonly)
+
 # --- configs and the vLLM path (built, not run) ----------------------------------------------
 
 
