@@ -12,13 +12,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fspo_ray.config import ConfigError, Section, load_config
 from fspo_ray.episodes import Preference
+from fspo_ray.sections import ConfigError, Section, load_section
 from fspo_ray.serving import world_text
 from fspo_ray.serving.elicitation import Elicitor
 from fspo_ray.serving.pool import PairPool, PoolError, jsonl_pool, world_pool
 from fspo_ray.serving.store import user_key
 from fspo_ray.world import World, WorldParams, world_from_config
+from fspo_ray.world.config import WorldConfig
 
 # A run writes the config each stage resolved; the train job's is the one its models came from.
 RUN_CONFIG_NAMES = ("resolved_config.train.yaml", "resolved_config.demo.yaml", "resolved_config.generate.yaml")
@@ -94,8 +95,9 @@ def world_of(cfg: WorldPairsConfig) -> tuple[World, str]:
     """The world and the models' rendering of it."""
     if cfg.run_config is None:
         return World(WorldParams(seed=cfg.seed)), cfg.rendering
-    run = load_config(str(_run_config_file(cfg.run_config)), [])
-    return world_from_config(run.world), getattr(run.world, "rendering", "text")
+    # Only the run's `world:` section: serving reads no other package's settings.
+    world = load_section(_run_config_file(cfg.run_config), "world", WorldConfig)
+    return world_from_config(world), world.rendering
 
 
 def build_pool(page: PageConfig, max_chars: int) -> PairPool:
