@@ -171,12 +171,10 @@ def shared_prefix_attention_mask(segment_ids: torch.Tensor, attn_implementation:
     return attention_mask_for("shared_prefix", segment_ids, attn_implementation, dtype)
 
 
-def shared_prefix_forward(
-    model: nn.Module, batch: Batch, completion_logits_only: bool = True
-) -> ForwardOutput:
-    """Log-probs from the packed layout of `collate_packed`: one row per pair, prompt once."""
-    attention_mask = shared_prefix_attention_mask(
-        batch["segment_ids"], model.config._attn_implementation, _model_dtype(model)
+def _packed_forward(layout: str, model: nn.Module, batch: Batch, completion_logits_only: bool, **groups) -> ForwardOutput:
+    """One forward of a packed layout's batch under its mask; `groups` sums log-probs per pair."""
+    attention_mask = attention_mask_for(
+        layout, batch["segment_ids"], model.config._attn_implementation, _model_dtype(model)
     )
     model_inputs = {
         "input_ids": batch["input_ids"],
@@ -185,39 +183,24 @@ def shared_prefix_forward(
     }
     targets = [batch["chosen_targets"], batch["rejected_targets"]]  # each (B, T)
     (chosen_logps, chosen_tokens), (rejected_logps, rejected_tokens) = _scored_logps(
-        model, model_inputs, targets, completion_logits_only
+        model, model_inputs, targets, completion_logits_only, **groups
     )
-    return ForwardOutput(
-        chosen_logps=chosen_logps,
-        rejected_logps=rejected_logps,
-        chosen_tokens=chosen_tokens,
-        rejected_tokens=rejected_tokens,
-    )
+    return ForwardOutput(chosen_logps, rejected_logps, chosen_tokens, rejected_tokens)
 
 
-def tree_attention_mask(segment_ids: torch.Tensor, attn_implementation: str, dtype: torch.dtype):
-    """The tree layout's mask in the form each attention implementation takes."""
-    return attention_mask_for("tree", segment_ids, attn_implementation, dtype)
+def shared_prefix_forward(
+    model: nn.Module, batch: Batch, completion_logits_only: bool = True
+) -> ForwardOutput:
+    """Log-probs from the packed layout of `collate_packed`: one row per pair, prompt once."""
+    return _packed_forward("shared_prefix", model, batch, completion_logits_only)
 
 
 def tree_forward(model: nn.Module, batch: Batch, completion_logits_only: bool = True) -> ForwardOutput:
     """Log-probs of every pair of a `collate_tree` batch: one row per support set, the prefix
     encoded once for all of its queries. Outputs are (P,), pairs in example-major order."""
-    attention_mask = tree_attention_mask(
-        batch["segment_ids"], model.config._attn_implementation, _model_dtype(model)
-    )
-    model_inputs = {
-        "input_ids": batch["input_ids"],
-        "attention_mask": attention_mask,
-        "position_ids": batch["position_ids"],
-    }
-    targets = [batch["chosen_targets"], batch["rejected_targets"]]  # each (B, T)
     pair_ids = [batch["chosen_pair"], batch["rejected_pair"]]  # each (B, T)
-    num_pairs = int(batch["chosen_pair"].max()) + 1
-    (chosen_logps, chosen_tokens), (rejected_logps, rejected_tokens) = _scored_logps(
-        model, model_inputs, targets, completion_logits_only, groups=pair_ids, num_groups=num_pairs
-    )
-    return ForwardOutput(chosen_logps, rejected_logps, chosen_tokens, rejected_tokens)
+    return _packed_forward("tree", model, batch, completion_logits_only,
+                           groups=pair_ids, num_groups=int(batch["chosen_pair"].max()) + 1)
 
 
 def forward_for(mode: str) -> Callable[..., ForwardOutput]:
