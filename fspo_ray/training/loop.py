@@ -34,7 +34,7 @@ def is_exported(path: str | Path) -> bool:
     return (p / STAGE_RECORD).is_file() and (p / "model.safetensors").is_file()
 
 
-def _ds_config(plan: RunPlan, stage: StagePlan, world_size: int) -> dict:
+def _ds_config(plan: RunPlan, stage: StagePlan, world_size: int, *, universal: bool = False) -> dict:
     zero: dict = {"stage": plan.zero_stage, "overlap_comm": False, "contiguous_gradients": True}
     if plan.zero_stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=0)
@@ -48,7 +48,7 @@ def _ds_config(plan: RunPlan, stage: StagePlan, world_size: int) -> dict:
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
-    }
+    } | ({"checkpoint": {"load_universal": True}} if universal else {})
 
 
 def _optimizer(stage: StagePlan, params):
@@ -271,6 +271,49 @@ class StageRun:
                 f.write(json.dumps({"step": step} | m) + "\n")
         self._timed("curve_eval_s", t0)
 
+    # ------------------------------------------------------------------ resume
+
+    def _load_checkpoint(self, engine, resume, state: dict, elastic: bool) -> None:
+        """The stage's last checkpoint into the engine. One saved by another number of workers goes
+        through a universal checkpoint (training/elastic.py) that rank 0 writes next to the stage's
+        outputs, on the run's shared storage, and removes once every rank has loaded it."""
+        import shutil
+
+        import torch.distributed as dist
+
+        from fspo_ray.training.elastic import to_universal
+
+        with resume.as_directory() as d:
+            if not elastic:
+                engine.load_checkpoint(d, tag="ckpt")
+                return
+            t0 = time.perf_counter()
+            universal = self.dir / f"universal-step{state['step']}"
+            if self.rank == 0:
+                to_universal(d, "ckpt", universal, zero_stage=self.plan.zero_stage)
+            dist.barrier()
+            engine.load_checkpoint(str(universal), tag="ckpt")
+        dist.barrier()
+        if self.rank == 0:
+            shutil.rmtree(universal)
+        self.timing["elastic_resume_s"] = time.perf_counter() - t0
+        self.log(f"checkpoint of step {state['step']} saved by {state['world_size']} worker(s) loaded into "
+                 f"{self.world} through a universal checkpoint ({self.timing['elastic_resume_s']:.1f} s)")
+
+    def _record_group(self, step: int, state: dict | None) -> None:
+        """One line per start of the stage's worker group in workers.jsonl: its size, the node of each
+        rank, the step it starts from and the size of the group that saved that checkpoint."""
+        import ray
+        import torch.distributed as dist
+
+        nodes: list = [None] * self.world
+        dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+        if self.rank == 0:
+            record = {"time": time.time(), "world_size": self.world, "node_ids": nodes, "start_step": step,
+                      "checkpoint_world_size": state["world_size"] if state else None}
+            with (self.dir / "workers.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
     # ------------------------------------------------------------------ the stage
 
     def run(self, resume) -> None:
@@ -305,19 +348,20 @@ class StageRun:
                                                      target_modules="all-linear", task_type="CAUSAL_LM"))
         optimizer = _optimizer(st, [q for q in model.parameters() if q.requires_grad])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(st, self.total_steps))
+        state = _client_state(resume)
+        elastic = state is not None and state["world_size"] != self.world  # saved by another number of workers
         engine, optimizer, _, scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=_ds_config(p, st, self.world),
-            dist_init_required=False,
+            model=model, optimizer=optimizer, lr_scheduler=scheduler,
+            config=_ds_config(p, st, self.world, universal=elastic), dist_init_required=False,
         )
         step = 0
-        if resume is not None:
-            with resume.as_directory() as d:
-                engine.load_checkpoint(d, tag="ckpt")
-                state = json.loads((Path(d) / CLIENT_STATE).read_text())
+        if state is not None:
+            self._load_checkpoint(engine, resume, state, elastic)
             step = state["step"]
             random.setstate(_tuple_state(state["py_rng"]))
             torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
             self.log(f"resumed at step {step}")
+        self._record_group(step, state)
         metrics_path, curve_path = self.dir / "metrics.jsonl", self.dir / "curve.jsonl"
         if self.rank == 0:
             _truncate_jsonl(metrics_path, step)
@@ -381,7 +425,7 @@ class StageRun:
                     self._curve_point(module, step)
                 if step % p.checkpoint_every == 0 or step == self.total_steps:
                     t_ck = time.perf_counter()
-                    _save_and_report(engine, st.name, step, m)
+                    _save_and_report(engine, st.name, step, self.world, m)
                     self._timed("checkpoint_s", t_ck)
                     last_good = step
                 fail = p.fail_at or {}
@@ -453,18 +497,32 @@ def _scored_summary(result: dict) -> dict:
     return {"reward_accuracy": acc, "held_out_by_shots": dict(sorted(sweep.items())), "pairs": pairs}
 
 
+def _client_state(resume) -> dict | None:
+    """The resumed checkpoint's fspo_state.json (None on a fresh start), with the number of workers that
+    saved it (read from its ZeRO files for checkpoints written before that was recorded)."""
+    if resume is None:
+        return None
+    from fspo_ray.training.elastic import saved_world_size
+
+    with resume.as_directory() as d:
+        state = json.loads((Path(d) / CLIENT_STATE).read_text())
+        state.setdefault("world_size", saved_world_size(Path(d) / "ckpt"))
+    return state
+
+
 def _tuple_state(state):
     return tuple(tuple(x) if isinstance(x, list) else x for x in state)
 
 
-def _save_and_report(engine, stage: str, step: int, metrics: dict) -> None:
+def _save_and_report(engine, stage: str, step: int, world: int, metrics: dict) -> None:
     import ray.train
     import torch
     from ray.train import Checkpoint
 
     with tempfile.TemporaryDirectory() as d:
         engine.save_checkpoint(d, tag="ckpt")
-        state = {"stage": stage, "step": step, "py_rng": random.getstate(), "torch_rng": torch.get_rng_state().tolist()}
+        state = {"stage": stage, "step": step, "world_size": world, "py_rng": random.getstate(),
+                 "torch_rng": torch.get_rng_state().tolist()}
         (Path(d) / CLIENT_STATE).write_text(json.dumps(state))
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float))} | {"stage": stage},
                          checkpoint=Checkpoint.from_directory(d))

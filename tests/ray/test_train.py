@@ -130,3 +130,198 @@ def test_resume_exactly_at_epoch_boundary_by_rerunning(base, tmp_path):
     _, steps = _losses(out)
     assert steps == list(range(1, 2 * per_epoch + 1))  # the whole second epoch trained, nothing twice
     assert (out / "models" / "fspo" / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------- elastic resume
+
+# The recipe's optimizer, whose state DeepSpeed's own universal converter cannot read; a checkpoint
+# every 3 steps, so a kill after step 5 resumes at 3 and replays 2 steps (the second one uses the
+# optimizer state that came through the conversion).
+ELASTIC_STAGE = {**FSPO_STAGE, "optimizer": "rmsprop", "lr": 3e-4}
+
+
+def _elastic_cfg(out: Path, **train):
+    return _cfg(out, stages=[ELASTIC_STAGE], checkpoint_every=3, **train)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base, tmp_path_factory):
+    """The stage with 2 workers and no interruption: what every elastic resume is compared with
+    (a step sees the same rows at any number of workers, so the losses agree up to rounding)."""
+    from fspo_ray.training.run import run_training
+
+    out = _run_dir(base, tmp_path_factory.mktemp("elastic-ref"), "ref")
+    summary = run_training(_elastic_cfg(out))
+    return out, summary
+
+
+def _workers(out: Path) -> list[tuple]:
+    """(world size, start step, world size of the checkpoint resumed) per start of the stage's group."""
+    lines = (out / "train" / "fspo" / "workers.jsonl").read_text().splitlines()
+    return [(w["world_size"], w["start_step"], w["checkpoint_world_size"]) for w in map(json.loads, lines)]
+
+
+def _check_elastic(out: Path, uninterrupted) -> None:
+    from safetensors.torch import load_file
+
+    ref, ref_summary = uninterrupted
+    ref_losses, ref_steps = _losses(ref)
+    losses, steps = _losses(out)
+    assert steps == ref_steps and len(steps) >= 6
+    for s in steps:
+        assert losses[s] == pytest.approx(ref_losses[s], rel=1e-5, abs=1e-6), s
+    got, want = (load_file(d / "models" / "fspo" / "model.safetensors") for d in (out, ref))
+    start = load_file(ref / "models" / "tiny" / "model.safetensors")
+    for name, w in want.items():
+        # The same weights up to rounding (measured: 5e-6 of the tensor's norm at most), far closer
+        # than the training moved them.
+        assert (got[name] - w).norm() <= 1e-4 * w.norm(), name
+        assert (got[name] - w).norm() <= 1e-2 * (w - start[name]).norm(), name
+    summary = json.loads((out / "eval_metrics.json").read_text())
+    assert summary["reward_accuracy"] == pytest.approx(ref_summary["reward_accuracy"], abs=1e-9)
+    assert not list((out / "train" / "fspo").glob("universal-*"))  # the converted copy is removed once loaded
+
+
+def test_stage_checkpointed_by_two_workers_resumes_with_one(base, tmp_path, uninterrupted):
+    """2 workers, killed after step 5 with no restart allowed; the same run again with 1 worker (the
+    operator got one node back) resumes at the step-3 checkpoint through a universal checkpoint and
+    ends where the uninterrupted 2-worker run ends: every step's loss, the weights, reward accuracy."""
+    from fspo_ray.training.run import run_training
+
+    out = _run_dir(base, tmp_path, "two-then-one")
+    with pytest.raises(FspoError, match="training failed after 0 restart"):
+        run_training(_elastic_cfg(out, max_failures=0), fail_at={"stage": "fspo", "step": 5})
+    run_training(_elastic_cfg(out, num_workers=1))
+    assert _workers(out) == [(2, 0, None), (1, 3, 2)]
+    _check_elastic(out, uninterrupted)
+
+
+@pytest.mark.slow
+def test_stage_checkpointed_by_one_worker_resumes_with_two(base, tmp_path, uninterrupted):
+    """The other way: 1 worker killed after step 5, resumed by 2 (the operator added a node)."""
+    from fspo_ray.training.run import run_training
+
+    out = _run_dir(base, tmp_path, "one-then-two")
+    with pytest.raises(FspoError, match="training failed after 0 restart"):
+        run_training(_elastic_cfg(out, max_failures=0, num_workers=1), fail_at={"stage": "fspo", "step": 5})
+    run_training(_elastic_cfg(out))
+    assert _workers(out) == [(1, 0, None), (2, 3, 1)]
+    _check_elastic(out, uninterrupted)
+
+
+# --------------------------------------------------------------------------- elastic resume: DeepSpeed alone
+
+
+def _ds_rank(rank: int, world: int, port: int, optimizer: str, steps: tuple[int, int], load: str | None,
+             universal: bool, save_after: int | None, save_dir: str | None, out: str) -> None:
+    """One rank of a tiny ZeRO-2 run on gloo (no Ray): global batches of 8 rows in micro-batches
+    of 2, so a step sees the same rows at any world size (as training/batches.steps_of cuts them)."""
+    import os
+
+    import deepspeed
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+    opt = (torch.optim.RMSprop(model.parameters(), lr=1e-2) if optimizer == "rmsprop"
+           else torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 3))
+    accum = 8 // (2 * world)
+    config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": accum, "train_batch_size": 8,
+              "gradient_clipping": 1.0, "zero_optimization": {"stage": 2, "overlap_comm": False,
+                                                              "contiguous_gradients": True},
+              "zero_allow_untested_optimizer": True, "steps_per_print": 10**9}
+    if universal:
+        config["checkpoint"] = {"load_universal": True}
+    engine, _, _, sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=config,
+                                               dist_init_required=False)
+    if load:
+        engine.load_checkpoint(load, tag="ckpt")
+    losses = []
+    for step in range(*steps):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(8, 8, generator=g), torch.randn(8, 3, generator=g)  # (8, 8), (8, 3)
+        total = torch.zeros(1)
+        for a in range(accum):
+            rows = slice((a * world + rank) * 2, (a * world + rank + 1) * 2)
+            loss = ((engine(x[rows]) - y[rows]) ** 2).mean()
+            engine.backward(loss)
+            engine.step()
+            total += loss.detach()
+        dist.all_reduce(total)
+        losses.append(total.item() / (accum * world))
+        if step + 1 == save_after:
+            engine.save_checkpoint(save_dir, tag="ckpt")
+    if rank == 0:
+        torch.save({"losses": losses, "weights": {k: v.clone() for k, v in engine.module.state_dict().items()},
+                    "lr": sched.get_last_lr()}, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _ds_run(tmp: Path, name: str, world: int, optimizer: str, steps: tuple[int, int], *, load: Path | None = None,
+            universal: bool = False, save_after: int | None = None) -> dict:
+    import torch.multiprocessing as mp
+
+    from tests.ray.helpers import free_port
+
+    out = tmp / f"{name}.pt"
+    mp.spawn(_ds_rank, nprocs=world, args=(world, free_port(), optimizer, steps, str(load) if load else None,
+                                           universal, save_after, str(tmp / name), str(out)))
+    return torch.load(out)
+
+
+def test_zero2_checkpoint_resumes_with_another_number_of_workers(tmp_path):
+    """RMSprop (the recipe's optimizer, which DeepSpeed's own ds_to_universal cannot convert): 6 steps
+    with 2 ranks, saved after step 3; resumed with 1 rank through training/elastic.py's universal
+    checkpoint, saved after step 5; resumed with 2 ranks again. Every loss and the final weights
+    equal the uninterrupted 2-rank run's (exactly here: these sums do not depend on the order)."""
+    from fspo_ray.training.elastic import saved_world_size, to_universal
+
+    ref = _ds_run(tmp_path, "two", 2, "rmsprop", (0, 6), save_after=3)
+    assert saved_world_size(tmp_path / "two" / "ckpt") == 2
+    universal = to_universal(tmp_path / "two", "ckpt", tmp_path / "two-universal", zero_stage=2)
+    # Each parameter whole: fp32 weights, RMSprop's square_avg and step (steps 4-6 depend on them).
+    assert {p.name for p in (universal / "ckpt" / "zero" / "0.weight").iterdir()} == {"fp32.pt", "square_avg.pt", "step.pt"}
+    one = _ds_run(tmp_path, "one", 1, "rmsprop", (3, 6), universal=True, save_after=5, load=universal)
+    assert saved_world_size(tmp_path / "one" / "ckpt") == 1
+    two = _ds_run(tmp_path, "two-again", 2, "rmsprop", (5, 6), universal=True,
+                  load=to_universal(tmp_path / "one", "ckpt", tmp_path / "one-universal", zero_stage=2))
+    assert one["losses"] == pytest.approx(ref["losses"][3:], rel=1e-6)
+    assert two["losses"] == pytest.approx(ref["losses"][5:], rel=1e-6)
+    assert two["lr"] == ref["lr"] == [1e-2]  # the scheduler's state came along
+    for name, w in ref["weights"].items():
+        torch.testing.assert_close(two["weights"][name], w, rtol=1e-6, atol=1e-7)
+
+
+def test_universal_layout_equals_deepspeeds_converter_for_adamw(tmp_path):
+    """Where DeepSpeed's ds_to_universal works (Adam's state), training/elastic.py writes the same
+    files with the same tensors."""
+    import argparse
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    from fspo_ray.training.elastic import to_universal
+
+    _ds_run(tmp_path, "adam", 2, "adamw", (0, 3), save_after=3)
+    ours = to_universal(tmp_path / "adam", "ckpt", tmp_path / "ours", zero_stage=2) / "ckpt"
+    theirs = tmp_path / "theirs" / "ckpt"
+    ds_to_universal(argparse.Namespace(input_folder=str(tmp_path / "adam" / "ckpt"), output_folder=str(theirs),
+                                       num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                       strict=True, inject_missing_state=True))
+    files = sorted(p.relative_to(theirs) for p in theirs.rglob("*.pt"))
+    assert files == sorted(p.relative_to(ours) for p in ours.rglob("*.pt"))
+    assert len([f for f in files if f.name == "exp_avg_sq.pt"]) == 4  # 4 parameters, each with Adam's moments
+    for f in files:
+        a, b = torch.load(ours / f, weights_only=False), torch.load(theirs / f, weights_only=False)
+        if f.name == "mp_rank_00_model_states.pt":
+            continue  # copied as is by both (theirs with the universal version injected)
+        if f.name == "optimizer_state.pt":
+            assert a["param_groups"] == b["param_groups"] and a.keys() == b.keys()
+        elif isinstance(a, dict):
+            torch.testing.assert_close(a["param"], b["param"], rtol=0, atol=0)
+        else:
+            assert a == b  # step
