@@ -16,6 +16,7 @@ Pure Python: no Ray, no torch.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,16 +53,24 @@ class EvalUser:
 
 
 def user_from_rows(user_id: str, rows: list[dict], *, max_shots: int, questions: int, seed: int) -> EvalUser | None:
-    """The user's held-out questions and shot pool, or None when the user has too few pairs."""
+    """The user's held-out questions and shot pool, or None when the user has too few pairs.
+
+    Held-out questions are taken in a per-user random order, passing over a question whose pairs
+    would leave fewer than `max_shots` pairs on other questions (a user whose pairs cover few
+    distinct questions keeps enough shots; where no question needs passing over, the pick is the
+    plain random one)."""
     order = list(range(len(rows)))
     stable_rng(seed, "eval", user_id).shuffle(order)
-    held, held_texts = [], set()
+    per_question = Counter(r["question"] for r in rows)
+    held, held_texts, left = [], set(), len(rows)
     for i in order:
         if len(held) == questions:
             break
-        if rows[i]["question"] not in held_texts:
+        q = rows[i]["question"]
+        if q not in held_texts and left - per_question[q] >= max_shots:
             held.append(i)
-            held_texts.add(rows[i]["question"])
+            held_texts.add(q)
+            left -= per_question[q]
     pool = [i for i in order if i not in held and rows[i]["question"] not in held_texts]
     if len(held) < questions or len(pool) < max_shots:
         return None

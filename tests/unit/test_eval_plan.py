@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fspo_ray.config import ConfigError, build_config
+from fspo_ray.episodes import stable_rng
 from fspo_ray.evaluation.config import EvaluateConfig, MethodConfig
 from fspo_ray.evaluation.descriptions import axes_recovered, summarize
 from fspo_ray.evaluation.judging import (
@@ -102,6 +103,21 @@ def test_user_from_rows_questions_never_among_shots_and_shots_nest():
     assert user_from_rows("u", rows, max_shots=4, questions=2, seed=1) != u
     # 2 questions + 4 shots need 6 pairs on distinct questions
     assert user_from_rows("u", rows[:5], max_shots=4, questions=2, seed=0) is None
+
+
+def test_user_from_rows_passes_over_questions_that_would_leave_too_few_shots():
+    # 10 pairs on 4 questions: "big?" holds 7 of them; holding it out would leave 3 pairs, < 4 shots
+    rows = _rows("u", "held_out", 10, questions={i: "big?" for i in range(7)})
+    for seed in range(20):
+        u = user_from_rows("u", rows, max_shots=4, questions=2, seed=seed)
+        assert u is not None and "big?" not in {q.question for q in u.questions} and len(u.shot_pool) == 4
+    # where nothing needs passing over, the pick is the plain per-user random one
+    plain = _rows("u", "held_out", 12)
+    for seed in range(5):
+        u = user_from_rows("u", plain, max_shots=4, questions=2, seed=seed)
+        order = list(range(12))
+        stable_rng(seed, "eval", "u").shuffle(order)
+        assert [q.question for q in u.questions] == [plain[i]["question"] for i in order[:2]]
 
 
 def test_select_users_first_users_by_id_and_empty_split_message():
