@@ -50,6 +50,17 @@ def saved_world_size(tag_dir: str | Path) -> int:
     return len(_optim_files(Path(tag_dir)))
 
 
+def check_resumable(saved_world: int, world: int, *, zero_stage: int, optimizer: str) -> None:
+    """Raise when a checkpoint of `saved_world` workers cannot resume with `world` (the driver asks
+    before any worker starts; the conversion asks again of the state it finds)."""
+    if saved_world != world and zero_stage == 3 and optimizer != "adamw":
+        raise ElasticResumeError(
+            f"the checkpoint was saved by {saved_world} worker(s) and this run has {world}: under ZeRO-3 only "
+            f"AdamW's state can be carried across that change (DeepSpeed 0.19's ZeRO-3 universal loader reads "
+            f"exp_avg/exp_avg_sq only), and this stage uses {optimizer}. Set train.num_workers={saved_world}, "
+            "or start the stage again (delete its checkpoints) with the new count")
+
+
 def to_universal(src: str | Path, tag: str, dst: str | Path, *, zero_stage: int) -> Path:
     """Convert the checkpoint `src/tag` into a universal one at `dst/tag` (`dst/latest_universal`
     names the tag, as DeepSpeed's loader expects); returns `dst`. Written to `dst.tmp` first."""
@@ -127,7 +138,7 @@ def _zero3_to_universal(src: Path, out: Path) -> None:
         raise ElasticResumeError(
             f"a ZeRO-3 checkpoint whose optimizer keeps {sorted(keys)} cannot be resumed with another number of "
             "workers: DeepSpeed 0.19's ZeRO-3 universal loader reads Adam's exp_avg/exp_avg_sq only. Resume with "
-            "the checkpoint's number of workers, or use zero_stage 2 (any optimizer) or optimizer adamw")
+            "the checkpoint's number of workers")
     ds_to_universal(argparse.Namespace(input_folder=str(src), output_folder=str(out), num_extract_workers=1,
                                        num_merge_workers=1, keep_temp_folder=False, strict=True,
                                        inject_missing_state=True))  # also writes out.parent/latest_universal

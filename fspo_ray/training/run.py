@@ -110,6 +110,7 @@ def fit(cfg: RunConfig, *, fail_at: dict | None = None) -> float:
     if not todo:
         logger.info("every selected stage is already exported; nothing to train")
         return 0.0
+    _check_resume(cfg, plan)
     print(f"[train] stages {todo} in one worker group of {t.num_workers}", flush=True)
     resources = {"CPU": t.cpus_per_worker} | ({"GPU": 1} if t.use_gpu else {})
     trainer = TorchTrainer(
@@ -140,6 +141,30 @@ def fit(cfg: RunConfig, *, fail_at: dict | None = None) -> float:
         if not is_exported(s.export_dir):
             raise FspoError(f"stage {s.name}: training ended without exporting {s.export_dir}; see the Ray Train logs")
     return time.perf_counter() - t0
+
+
+def _check_resume(cfg: RunConfig, plan) -> None:
+    """The newest checkpoint of the run is the one Ray Train resumes. One saved by another number
+    of workers goes through a universal checkpoint (training/elastic.py); where that cannot work,
+    fail here, before any worker starts."""
+    from fspo_ray.training.elastic import ElasticResumeError, check_resumable, saved_world_size
+    from fspo_ray.training.loop import CLIENT_STATE
+
+    newest = max((cfg.layout.ray_train.resolve() / cfg.run_name).glob("checkpoint_*"), default=None)
+    if newest is None or not (newest / CLIENT_STATE).is_file():
+        return
+    state = json.loads((newest / CLIENT_STATE).read_text())
+    stage = next((s for s in plan.stages if s.name == state["stage"] and not is_exported(s.export_dir)), None)
+    if stage is None:
+        return
+    saved = state.get("world_size") or saved_world_size(newest / "ckpt")
+    try:
+        check_resumable(saved, cfg.train.num_workers, zero_stage=plan.zero_stage, optimizer=stage.optimizer)
+    except ElasticResumeError as e:
+        raise FspoError(f"stage {stage.name}: {e}") from None
+    if saved != cfg.train.num_workers:
+        logger.info("stage %s: resuming a checkpoint of %d worker(s) with %d (universal checkpoint)",
+                    stage.name, saved, cfg.train.num_workers)
 
 
 def _diverged(plan) -> FspoError | None:

@@ -86,18 +86,30 @@ def test_stages_in_one_worker_group_learn_export_and_score(base, tmp_path):
     assert 0.0 < timing["optimizer_share"] < 1.0 and set(timing["stages"]) == {"sft", "fspo"}
 
 
-def test_killed_worker_resumes_with_identical_losses_and_skips_finished_stages(base, tmp_path):
+TWO_STAGES = [SFT_STAGE, {**FSPO_STAGE, "init_from": "sft"}]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(base, tmp_path_factory):
+    """sft then fspo with 2 workers and no interruption: what the resumed runs are compared with
+    (a step sees the same rows at any number of workers, so the losses agree up to rounding)."""
     from fspo_ray.training.run import run_training
 
-    stages = [SFT_STAGE, {**FSPO_STAGE, "init_from": "sft"}]
-    ref = _run_dir(base, tmp_path, "ref")
-    run_training(_cfg(ref, stages=stages))
+    out = _run_dir(base, tmp_path_factory.mktemp("uninterrupted"), "ref")
+    summary = run_training(_cfg(out, stages=TWO_STAGES))
+    return out, summary
+
+
+def test_killed_worker_resumes_with_identical_losses_and_skips_finished_stages(base, tmp_path, uninterrupted):
+    from fspo_ray.training.run import run_training
+
+    ref = uninterrupted[0]
     ref_losses, ref_steps = _losses(ref)
 
     killed = _run_dir(base, tmp_path, "killed")
     # SIGKILL the last rank after fspo's step 5 (last checkpoint at 4): the restarted group skips
     # the exported sft stage and resumes fspo from step 4.
-    run_training(_cfg(killed, stages=stages), fail_at={"stage": "fspo", "step": 5})
+    run_training(_cfg(killed, stages=TWO_STAGES), fail_at={"stage": "fspo", "step": 5})
     assert (killed / "train" / "fspo" / "killed_once").read_text() == "5"
     losses, steps = _losses(killed)
     assert steps == list(range(1, len(ref_steps) + 1))  # contiguous, step 5 replayed once
@@ -134,88 +146,94 @@ def test_resume_exactly_at_epoch_boundary_by_rerunning(base, tmp_path):
 
 # --------------------------------------------------------------------------- elastic resume
 
-# The recipe's optimizer, whose state DeepSpeed's own universal converter cannot read; a checkpoint
-# every 3 steps, so a kill after step 5 resumes at 3 and replays 2 steps (the second one uses the
-# optimizer state that came through the conversion).
-ELASTIC_STAGE = {**FSPO_STAGE, "optimizer": "rmsprop", "lr": 3e-4}
-
-
-def _elastic_cfg(out: Path, **train):
-    return _cfg(out, stages=[ELASTIC_STAGE], checkpoint_every=3, **train)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(base, tmp_path_factory):
-    """The stage with 2 workers and no interruption: what every elastic resume is compared with
-    (a step sees the same rows at any number of workers, so the losses agree up to rounding)."""
-    from fspo_ray.training.run import run_training
-
-    out = _run_dir(base, tmp_path_factory.mktemp("elastic-ref"), "ref")
-    summary = run_training(_elastic_cfg(out))
-    return out, summary
-
-
 def _workers(out: Path) -> list[tuple]:
     """(world size, start step, world size of the checkpoint resumed) per start of the stage's group."""
     lines = (out / "train" / "fspo" / "workers.jsonl").read_text().splitlines()
     return [(w["world_size"], w["start_step"], w["checkpoint_world_size"]) for w in map(json.loads, lines)]
 
 
-def _check_elastic(out: Path, uninterrupted) -> None:
+def _check_elastic(name: str, out: Path, uninterrupted) -> None:
+    """Every fspo step's loss, the exported weights and the reward accuracy of the uninterrupted run;
+    prints the figures docs/operators.md tabulates."""
     from safetensors.torch import load_file
 
     ref, ref_summary = uninterrupted
     ref_losses, ref_steps = _losses(ref)
     losses, steps = _losses(out)
-    assert steps == ref_steps and len(steps) >= 6
+    assert steps == ref_steps and len(steps) >= 6  # steps 6+ follow updates made with the converted optimizer state
+    # Another number of workers sums the same gradients in another order: measured 2.6e-6 (2 -> 1) and
+    # 7.6e-6 (1 -> 2) at most. Zeroed optimizer moments after the resume showed 5e-3 to 8e-2 from
+    # the second step on (AdamW, RMSprop; measured with the DeepSpeed-only runs below).
     for s in steps:
-        assert losses[s] == pytest.approx(ref_losses[s], rel=1e-5, abs=1e-6), s
+        assert losses[s] == pytest.approx(ref_losses[s], rel=1e-4), s
     got, want = (load_file(d / "models" / "fspo" / "model.safetensors") for d in (out, ref))
-    start = load_file(ref / "models" / "tiny" / "model.safetensors")
-    for name, w in want.items():
-        # The same weights up to rounding (measured: 5e-6 of the tensor's norm at most), far closer
-        # than the training moved them.
-        assert (got[name] - w).norm() <= 1e-4 * w.norm(), name
-        assert (got[name] - w).norm() <= 1e-2 * (w - start[name]).norm(), name
+    start = load_file(ref / "models" / "sft" / "model.safetensors")
+    weight_diff = 0.0
+    for key, w in want.items():
+        # The same weights up to rounding, far closer than the training moved them.
+        assert (got[key] - w).norm() <= 1e-4 * w.norm(), key
+        assert (got[key] - w).norm() <= 1e-2 * (w - start[key]).norm(), key
+        weight_diff = max(weight_diff, float((got[key] - w).norm() / w.norm()))
     summary = json.loads((out / "eval_metrics.json").read_text())
     assert summary["reward_accuracy"] == pytest.approx(ref_summary["reward_accuracy"], abs=1e-9)
     assert not list((out / "train" / "fspo").glob("universal-*"))  # the converted copy is removed once loaded
+    timing = json.loads((out / "train" / "fspo" / "timing.json").read_text())
+    (saved, _, _), (now, start_step, _) = _workers(out)
+    print(f"\n[resilience] {name}: workers {saved} -> {now}, resumed at step {start_step}, steps redone "
+          f"{5 - start_step}, universal conversion + load {timing['elastic_resume_s']:.2f} s, steps compared "
+          f"{len(steps)}, max loss rel diff {max(abs(losses[s] / ref_losses[s] - 1) for s in steps):.1e}, max weight "
+          f"rel diff {weight_diff:.1e}", flush=True)
 
 
 def test_stage_checkpointed_by_two_workers_resumes_with_one(base, tmp_path, uninterrupted):
-    """2 workers, killed after step 5 with no restart allowed; the same run again with 1 worker (the
-    operator got one node back) resumes at the step-3 checkpoint through a universal checkpoint and
-    ends where the uninterrupted 2-worker run ends: every step's loss, the weights, reward accuracy."""
+    """2 workers, killed after fspo's step 5 with no restart allowed; the same run again with 1 worker
+    (the operator got one node back) skips sft, resumes fspo at the step-4 checkpoint through a
+    universal checkpoint and ends where the uninterrupted 2-worker run ends."""
     from fspo_ray.training.run import run_training
 
     out = _run_dir(base, tmp_path, "two-then-one")
     with pytest.raises(FspoError, match="training failed after 0 restart"):
-        run_training(_elastic_cfg(out, max_failures=0), fail_at={"stage": "fspo", "step": 5})
-    run_training(_elastic_cfg(out, num_workers=1))
-    assert _workers(out) == [(2, 0, None), (1, 3, 2)]
-    _check_elastic(out, uninterrupted)
+        run_training(_cfg(out, stages=TWO_STAGES, max_failures=0), fail_at={"stage": "fspo", "step": 5})
+    run_training(_cfg(out, stages=TWO_STAGES, num_workers=1))
+    assert _workers(out) == [(2, 0, None), (1, 4, 2)]
+    _check_elastic("training resumed by fewer workers", out, uninterrupted)
+
+
+def test_resume_that_cannot_change_the_worker_count_fails_before_any_worker_starts(base, tmp_path):
+    """ZeRO-3 with RMSprop (gpu_llama3b.yaml's pair), newest checkpoint saved by 2 workers, the run
+    now with 1: the driver names the fix before Ray Train starts a worker."""
+    from fspo_ray.training.run import run_training
+
+    out = _run_dir(base, tmp_path, "zero3-rmsprop")
+    ckpt = out / "ray_train" / "t" / "checkpoint_2026-01-01_00-00-00.000000"
+    ckpt.mkdir(parents=True)
+    (ckpt / "fspo_state.json").write_text(json.dumps({"stage": "fspo", "step": 2, "world_size": 2}))
+    cfg = _cfg(out, zero_stage=3, num_workers=1, stages=[{**FSPO_STAGE, "optimizer": "rmsprop"}])
+    with pytest.raises(FspoError, match=r"stage fspo: the checkpoint was saved by 2 worker\(s\).*num_workers=2"):
+        run_training(cfg)
+    assert not (out / "train" / "fspo").exists()  # no worker ran
 
 
 @pytest.mark.slow
 def test_stage_checkpointed_by_one_worker_resumes_with_two(base, tmp_path, uninterrupted):
-    """The other way: 1 worker killed after step 5, resumed by 2 (the operator added a node)."""
+    """The other way: 1 worker killed after fspo's step 5, resumed by 2 (the operator added a node)."""
     from fspo_ray.training.run import run_training
 
     out = _run_dir(base, tmp_path, "one-then-two")
     with pytest.raises(FspoError, match="training failed after 0 restart"):
-        run_training(_elastic_cfg(out, max_failures=0, num_workers=1), fail_at={"stage": "fspo", "step": 5})
-    run_training(_elastic_cfg(out))
-    assert _workers(out) == [(1, 0, None), (2, 3, 1)]
-    _check_elastic(out, uninterrupted)
+        run_training(_cfg(out, stages=TWO_STAGES, max_failures=0, num_workers=1), fail_at={"stage": "fspo", "step": 5})
+    run_training(_cfg(out, stages=TWO_STAGES))
+    assert _workers(out) == [(1, 0, None), (2, 4, 1)]
+    _check_elastic("training resumed by more workers", out, uninterrupted)
 
 
 # --------------------------------------------------------------------------- elastic resume: DeepSpeed alone
 
 
 def _ds_rank(rank: int, world: int, port: int, optimizer: str, steps: tuple[int, int], load: str | None,
-             universal: bool, save_after: int | None, save_dir: str | None, out: str) -> None:
-    """One rank of a tiny ZeRO-2 run on gloo (no Ray): global batches of 8 rows in micro-batches
-    of 2, so a step sees the same rows at any world size (as training/batches.steps_of cuts them)."""
+             universal: bool, save_after: int | None, save_dir: str | None, out: str, zero_stage: int) -> None:
+    """One rank of a tiny ZeRO run on gloo (no Ray): global batches of 8 rows in micro-batches of 2,
+    so a step sees the same rows at any world size (as training/batches.steps_of cuts them)."""
     import os
 
     import deepspeed
@@ -231,7 +249,7 @@ def _ds_rank(rank: int, world: int, port: int, optimizer: str, steps: tuple[int,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 3))
     accum = 8 // (2 * world)
     config = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": accum, "train_batch_size": 8,
-              "gradient_clipping": 1.0, "zero_optimization": {"stage": 2, "overlap_comm": False,
+              "gradient_clipping": 1.0, "zero_optimization": {"stage": zero_stage, "overlap_comm": False,
                                                               "contiguous_gradients": True},
               "zero_allow_untested_optimizer": True, "steps_per_print": 10**9}
     if universal:
@@ -255,22 +273,23 @@ def _ds_rank(rank: int, world: int, port: int, optimizer: str, steps: tuple[int,
         losses.append(total.item() / (accum * world))
         if step + 1 == save_after:
             engine.save_checkpoint(save_dir, tag="ckpt")
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=zero_stage == 3):
+        weights = {k: v.detach().clone() for k, v in engine.module.named_parameters()}
     if rank == 0:
-        torch.save({"losses": losses, "weights": {k: v.clone() for k, v in engine.module.state_dict().items()},
-                    "lr": sched.get_last_lr()}, out)
+        torch.save({"losses": losses, "weights": weights, "lr": sched.get_last_lr()}, out)
     dist.barrier()
     dist.destroy_process_group()
 
 
 def _ds_run(tmp: Path, name: str, world: int, optimizer: str, steps: tuple[int, int], *, load: Path | None = None,
-            universal: bool = False, save_after: int | None = None) -> dict:
+            universal: bool = False, save_after: int | None = None, zero_stage: int = 2) -> dict:
     import torch.multiprocessing as mp
 
     from tests.ray.helpers import free_port
 
     out = tmp / f"{name}.pt"
     mp.spawn(_ds_rank, nprocs=world, args=(world, free_port(), optimizer, steps, str(load) if load else None,
-                                           universal, save_after, str(tmp / name), str(out)))
+                                           universal, save_after, str(tmp / name), str(out), zero_stage))
     return torch.load(out)
 
 
@@ -325,3 +344,26 @@ def test_universal_layout_equals_deepspeeds_converter_for_adamw(tmp_path):
             torch.testing.assert_close(a["param"], b["param"], rtol=0, atol=0)
         else:
             assert a == b  # step
+
+
+@pytest.mark.slow
+def test_zero3_checkpoint_resumes_with_another_number_of_workers_with_adamw_only(tmp_path):
+    """ZeRO-3 goes through DeepSpeed's own converter and loader, which carry Adam's state only:
+    AdamW resumes 2 -> 1 to the uninterrupted run's losses and weights; RMSprop is refused with
+    the fix named, by the driver's check and by the conversion."""
+    from fspo_ray.training.elastic import ElasticResumeError, check_resumable, to_universal
+
+    ref = _ds_run(tmp_path, "adam", 2, "adamw", (0, 5), save_after=3, zero_stage=3)
+    universal = to_universal(tmp_path / "adam", "ckpt", tmp_path / "adam-universal", zero_stage=3)
+    one = _ds_run(tmp_path, "adam-one", 1, "adamw", (3, 5), universal=True, load=universal, zero_stage=3)
+    assert one["losses"] == pytest.approx(ref["losses"][3:], rel=1e-6)
+    for name, w in ref["weights"].items():
+        torch.testing.assert_close(one["weights"][name], w, rtol=1e-6, atol=1e-7)
+
+    _ds_run(tmp_path, "rms", 2, "rmsprop", (0, 1), save_after=1, zero_stage=3)
+    with pytest.raises(ElasticResumeError, match="reads Adam's exp_avg/exp_avg_sq only"):
+        to_universal(tmp_path / "rms", "ckpt", tmp_path / "rms-universal", zero_stage=3)
+    with pytest.raises(ElasticResumeError, match="Set train.num_workers=2"):
+        check_resumable(2, 1, zero_stage=3, optimizer="rmsprop")
+    check_resumable(2, 1, zero_stage=2, optimizer="rmsprop")  # ZeRO-2: any optimizer
+    check_resumable(2, 2, zero_stage=3, optimizer="rmsprop")  # same count: DeepSpeed's own load
