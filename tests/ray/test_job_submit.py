@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -257,7 +258,7 @@ def test_readme_commands_generate_build_train_evaluate_in_a_fresh_shell(tmp_path
         if line == "OUT=$PWD/runs/fspo-world":
             line = f"OUT={out}"  # not the repository's runs/: the demo's run directory
         elif line.startswith("ray job submit"):
-            line += " " + " ".join(tiny_overrides(out)[1:])  # output_dir=$OUT is the README's own
+            line += " " + " ".join(shlex.quote(o) for o in tiny_overrides(out)[1:])  # output_dir=$OUT is the README's own
         script.append(line + isolation.get(line, ""))
     venv_bin = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "VIRTUAL_ENV", "PYTHON"))}
