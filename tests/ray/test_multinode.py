@@ -183,6 +183,146 @@ def test_generation_survives_a_lost_node_with_the_exact_rows(cluster, tmp_path):
                run_s=round(t_end - t0, 1), rows_checked=len(got), duplicates=0, lost=0)
 
 
+# --------------------------------------------------------------------------- training
+
+TRAIN = "gpu_train"  # cluster/aws.yaml's training group
+
+
+def _jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSONL file a worker may be writing."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def _train_runs(tmp_path: Path, *names: str) -> list[Path]:
+    """Run directories with the tiny world's preferences and tiny model (tests/ray/test_train.py's
+    set-up), each a run's own output_dir: its Ray Train storage (`<output_dir>/ray_train`), stage
+    outputs and exports, which every node reaches (one disk here; a shared file system on a cluster)."""
+    import shutil
+
+    from fspo_ray.modeling import build_tiny_from_config
+    from tests.ray.helpers import tiny_train_cfg
+    from tests.world_fixtures import write_world_prefs
+
+    base = tmp_path / "base"
+    cfg = tiny_train_cfg(base)
+    write_world_prefs(cfg)
+    build_tiny_from_config(cfg)
+    runs = []
+    for name in names:
+        shutil.copytree(base / "prefs", tmp_path / name / "prefs")
+        shutil.copytree(base / "models" / "tiny", tmp_path / name / "models" / "tiny")
+        runs.append(tmp_path / name)
+    return runs
+
+
+# 18 optimizer steps of 8 episodes; a checkpoint every 3. Ray Train may restart the group once.
+NODE_LOSS_STAGE = {"name": "fspo", "kind": "preference", "init_from": "model", "lr": 1e-3, "warmup_steps": 1,
+                   "optimizer": "adamw", "epochs": 6, "beta": 0.1}
+
+
+@pytest.mark.slow
+def test_training_loses_a_node_mid_stage_and_resumes_on_a_replacement(cluster, tmp_path):
+    """2 Ray Train workers (ZeRO-2) on two `gpu_train` nodes of one CPU each, so one worker per node.
+    One node is lost once the stage is past step 4; a replacement node joins (what the autoscaler
+    or KubeRay does). Ray Train restarts the group on the surviving node and the new one, which
+    resumes from the last checkpoint in the run's storage_path: every step's loss equals the
+    uninterrupted run's on the same cluster, the steps replayed equal their first computation."""
+    from fspo_ray.training.run import run_training
+    from tests.ray.helpers import tiny_train_cfg
+
+    a, b = cluster.add(TRAIN, num_cpus=1), cluster.add(TRAIN, num_cpus=1)
+    ref, out = _train_runs(tmp_path, "uninterrupted", "lost")
+
+    def cfg(run: Path):
+        return tiny_train_cfg(run, stages=[NODE_LOSS_STAGE], checkpoint_every=3)
+
+    run_training(cfg(ref))
+    ref_losses = {m["step"]: m["loss"] for m in _jsonl(ref / "train" / "fspo" / "metrics.jsonl")}
+    ref_groups = _jsonl(ref / "train" / "fspo" / "workers.jsonl")
+    assert [sorted(g["node_ids"]) for g in ref_groups] == [sorted([a, b])]  # one rank on each node
+    total = len(ref_losses)
+
+    metrics = out / "train" / "fspo" / "metrics.jsonl"
+    first: dict[int, float] = {}  # step -> loss as computed before the node was lost
+    lost: dict = {}
+    result: dict = {}
+
+    def train():
+        t0 = time.perf_counter()
+        try:
+            run_training(cfg(out))
+        except BaseException as e:  # re-raised in the test's thread
+            result["error"] = e
+        result["run_s"] = time.perf_counter() - t0
+
+    # The job runs in a thread; nodes change in this one (starting a Ray node sets signal handlers,
+    # which only the main thread may do).
+    job = threading.Thread(target=train, daemon=True)
+    job.start()
+    deadline = time.perf_counter() + 600
+    while job.is_alive() and time.perf_counter() < deadline:
+        rows = _jsonl(metrics)
+        if not lost:
+            first.update((m["step"], m["loss"]) for m in rows)
+            if first and max(first) >= 4:
+                lost.update(t=time.perf_counter(), wall=time.time())
+                cluster.remove(b)  # its worker and raylet SIGKILLed: no drain, no notice
+                lost["replacement"] = cluster.add(TRAIN, num_cpus=1)
+                lost["joined_s"] = time.perf_counter() - lost["t"]
+                # A step whose all-reduce completed as the node died may still be written; the
+                # restarted group truncates the file only once it has loaded the checkpoint, later.
+                for m in _jsonl(metrics):
+                    first.setdefault(m["step"], m["loss"])
+                lost["done_before"] = max(first)
+        elif "recovered_s" not in lost and rows and rows[-1]["step"] > lost["done_before"]:
+            lost["recovered_s"] = time.perf_counter() - lost["t"]  # first step past the ones lost
+        time.sleep(0.01)
+    job.join(timeout=1)
+    assert not job.is_alive(), f"training still running 600 s after it started (node lost: {lost})"
+    if "error" in result:
+        raise result["error"]
+    run_s = result["run_s"]
+    assert lost, "the stage ended before the node was lost"
+    assert lost["done_before"] < total, f"the node was lost after the last step ({lost['done_before']}/{total})"
+
+    groups = _jsonl(out / "train" / "fspo" / "workers.jsonl")
+    assert len(groups) == 2, groups  # one restart
+    before, after = groups
+    c = lost["replacement"]
+    assert sorted(before["node_ids"]) == sorted([a, b]) and before["start_step"] == 0
+    assert sorted(after["node_ids"]) == sorted([a, c])  # the surviving node and the one added
+    resumed = after["start_step"]
+    assert resumed % 3 == 0 and resumed <= lost["done_before"] < resumed + 3  # the last checkpoint before the loss
+    assert after["world_size"] == after["checkpoint_world_size"] == 2
+    # Ray Train's checkpoints are in the run's storage_path, under output_dir.
+    assert list((out / "ray_train" / "t").glob("checkpoint_*"))
+
+    rows = _jsonl(metrics)
+    losses = {m["step"]: m["loss"] for m in rows}
+    assert [m["step"] for m in rows] == list(range(1, total + 1))  # contiguous: nothing lost, nothing twice
+    for s in losses:
+        assert losses[s] == pytest.approx(ref_losses[s], rel=1e-5, abs=1e-6), s
+    redone = list(range(resumed + 1, lost["done_before"] + 1))
+    for s in redone:  # computed twice, on different node pairs, from the same checkpoint
+        assert losses[s] == pytest.approx(first[s], rel=1e-5, abs=1e-6), s
+    restart_s = after["time"] - lost["wall"]
+    resilience("training: gpu_train node lost mid-stage", workers=2, steps=total, lost_after_step=lost["done_before"],
+               resumed_from_checkpoint=resumed, steps_redone=len(redone),
+               replacement_joined_s=round(lost["joined_s"], 1), group_restarted_s=round(restart_s, 1),
+               first_new_step_s=round(lost["recovered_s"], 1), run_s=round(run_s, 1),
+               max_loss_rel_diff=f"{max(abs(losses[s] / ref_losses[s] - 1) for s in losses):.1e}", steps_lost=0)
+
+
 # --------------------------------------------------------------------------- serving
 
 KEY = "mn-key"
