@@ -491,6 +491,10 @@ def _worker_nodes(head_node: str) -> dict[str, dict]:
     return {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head_node}
 
 
+AUTOSCALE_JOB = ["world.users_train=24000", "generate.users_per_shard=1000", "generate.tasks.num_cpus=1",
+                 "generate.tasks.concurrency=4"]
+
+
 def _autoscale(tmp_path, idle_timeout_minutes: float):
     """The job, then the idle wait, on the fake autoscaler with cluster/'s node groups and settings
     (each node scaled down to 2 CPUs). Returns the figures."""
@@ -521,8 +525,10 @@ def _autoscale(tmp_path, idle_timeout_minutes: float):
         t = threading.Thread(target=watch, daemon=True)
         t.start()
         out = tmp_path / "gen"
-        # 4 tasks of 1 CPU on the `cpu` group: more than the head (0 CPUs) and than one 2-CPU node.
-        cfg = build_config({}, [f"output_dir={out}", *GEN, "generate.tasks.num_cpus=1", "generate.tasks.concurrency=4"])
+        # 4 tasks of 1 CPU on the `cpu` group: more than the head (0 CPUs) and than one 2-CPU node; and
+        # shards of 1,000 users (seconds each), so that the job outlasts the autoscaler's reaction: with
+        # GEN's 3-user shards it finished on the first node before a second one was up.
+        cfg = build_config({}, [f"output_dir={out}", *GEN, *AUTOSCALE_JOB])
         t0 = time.perf_counter()
         report = generate(cfg)  # the job's own entrypoint function: submit-time checks included
         t_job = time.perf_counter() - t0
@@ -534,7 +540,11 @@ def _autoscale(tmp_path, idle_timeout_minutes: float):
             time.sleep(0.5)
         gone_s = time.perf_counter() - t_idle
         left = _worker_nodes(head_node)
-        return dict(report=report, seen=seen, worked=worked, left=left, t_job=t_job, gone_s=gone_s)
+        from fspo_ray.generation.providers import make_provider
+        from fspo_ray.generation.sources import plan_shards
+
+        planned = len(plan_shards(make_provider(cfg).users_per_split(), cfg.generate.users_per_shard))
+        return dict(report=report, planned=planned, seen=seen, worked=worked, left=left, t_job=t_job, gone_s=gone_s)
     finally:
         ray.shutdown()
         head.stop()
@@ -542,7 +552,7 @@ def _autoscale(tmp_path, idle_timeout_minutes: float):
 
 def _check_autoscaled(f, idle_timeout_minutes: float):
     cpu = group_resource("cpu")
-    assert f["report"]["shards"] == 24 and f["report"]["rows"] > 0
+    assert f["report"]["shards"] == f["planned"] == 26 and f["report"]["rows"] > 0
     assert len(f["seen"]) >= 2, f"the autoscaler added {len(f['seen'])} node(s) for 4 CPUs of work"
     assert all(r.get(cpu) == 1 and "GPU" not in r for r in f["seen"].values()), f["seen"]  # the cpu group only
     assert f["worked"] <= set(f["seen"]) and len(f["worked"]) >= 2  # the added nodes did the work
