@@ -50,9 +50,27 @@ def saved_world_size(tag_dir: str | Path) -> int:
     return len(_optim_files(Path(tag_dir)))
 
 
-def check_resumable(saved_world: int, world: int, *, zero_stage: int, optimizer: str) -> None:
-    """Raise when a checkpoint of `saved_world` workers cannot resume with `world` (the driver asks
-    before any worker starts; the conversion asks again of the state it finds)."""
+def saved_zero_stage(tag_dir: str | Path) -> int:
+    """The ZeRO stage a checkpoint was saved under, from its file names (no tensor is read): ZeRO-3
+    saves each rank's module state (`zero_pp_rank_<r>_mp_rank_00_model_states.pt`), ZeRO-1/2 one
+    `mp_rank_00_model_states.pt`; 2 stands for either of the two, which share one layout."""
+    tag_dir = Path(tag_dir)
+    if any(tag_dir.glob("zero_pp_rank_*_mp_rank_*_model_states.pt")):
+        return 3
+    if any(tag_dir.glob("mp_rank_*_model_states.pt")):
+        return 2
+    raise ElasticResumeError(f"{tag_dir}: no DeepSpeed model-state file; not a ZeRO checkpoint")
+
+
+def check_resumable(saved_world: int, world: int, *, saved_zero_stage: int, zero_stage: int, optimizer: str) -> None:
+    """Raise when a checkpoint of `saved_world` workers under ZeRO `saved_zero_stage` cannot resume
+    with `world` workers under `zero_stage` (the driver asks before any worker starts; the workers
+    ask again of the checkpoint they load)."""
+    if (saved_zero_stage == 3) != (zero_stage == 3):
+        raise ElasticResumeError(
+            f"the checkpoint was saved under ZeRO-{saved_zero_stage if saved_zero_stage == 3 else '1/2'} and this "
+            f"run uses ZeRO-{zero_stage}: a stage resumes under the ZeRO stage it started with. Set "
+            f"train.zero_stage={saved_zero_stage}, or start the stage again (delete its checkpoints)")
     if saved_world != world and zero_stage == 3 and optimizer != "adamw":
         raise ElasticResumeError(
             f"the checkpoint was saved by {saved_world} worker(s) and this run has {world}: under ZeRO-3 only "
@@ -61,18 +79,17 @@ def check_resumable(saved_world: int, world: int, *, zero_stage: int, optimizer:
             "or start the stage again (delete its checkpoints) with the new count")
 
 
-def to_universal(src: str | Path, tag: str, dst: str | Path, *, zero_stage: int) -> Path:
+def to_universal(src: str | Path, tag: str, dst: str | Path) -> Path:
     """Convert the checkpoint `src/tag` into a universal one at `dst/tag` (`dst/latest_universal`
-    names the tag, as DeepSpeed's loader expects); returns `dst`. Written to `dst.tmp` first."""
+    names the tag, as DeepSpeed's loader expects); returns `dst`. Written to `dst.tmp` first. The
+    ZeRO stage is the checkpoint's own (`saved_zero_stage`), whatever the current config says."""
     src_tag, dst = Path(src) / tag, Path(dst)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if zero_stage in (1, 2):
-        _zero12_to_universal(src_tag, tmp / tag)
-    elif zero_stage == 3:
+    if saved_zero_stage(src_tag) == 3:
         _zero3_to_universal(src_tag, tmp / tag)
     else:
-        raise ValueError(f"unknown ZeRO stage {zero_stage!r}; expected one of (1, 2, 3)")
+        _zero12_to_universal(src_tag, tmp / tag)
     (tmp / UNIVERSAL_LATEST).write_text(tag)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)

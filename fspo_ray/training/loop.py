@@ -31,7 +31,8 @@ STAGE_RECORD = "fspo_stage.json"
 
 def is_exported(path: str | Path) -> bool:
     p = Path(path)
-    return (p / STAGE_RECORD).is_file() and (p / "model.safetensors").is_file()
+    # A large model's export is sharded: its index names the shards.
+    return (p / STAGE_RECORD).is_file() and any((p / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json"))
 
 
 def _ds_config(plan: RunPlan, stage: StagePlan, world_size: int, *, universal: bool = False) -> dict:
@@ -276,26 +277,35 @@ class StageRun:
     def _load_checkpoint(self, engine, resume, state: dict, elastic: bool) -> None:
         """The stage's last checkpoint into the engine. One saved by another number of workers goes
         through a universal checkpoint (training/elastic.py) that rank 0 writes next to the stage's
-        outputs, on the run's shared storage, and removes once every rank has loaded it."""
+        outputs, on the run's shared storage, and removes once every rank has loaded it (or the
+        load failed; a conversion left by a killed group is removed by the next start)."""
         import shutil
 
         import torch.distributed as dist
 
-        from fspo_ray.training.elastic import to_universal
+        from fspo_ray.training.elastic import check_resumable, saved_zero_stage, to_universal
 
+        if self.rank == 0:
+            for stale in self.dir.glob("universal-step*"):
+                shutil.rmtree(stale, ignore_errors=True)
         with resume.as_directory() as d:
+            check_resumable(state["world_size"], self.world, saved_zero_stage=saved_zero_stage(Path(d) / "ckpt"),
+                            zero_stage=self.plan.zero_stage, optimizer=self.stage.optimizer)
             if not elastic:
                 engine.load_checkpoint(d, tag="ckpt")
                 return
             t0 = time.perf_counter()
             universal = self.dir / f"universal-step{state['step']}"
-            if self.rank == 0:
-                to_universal(d, "ckpt", universal, zero_stage=self.plan.zero_stage)
-            dist.barrier()
-            engine.load_checkpoint(str(universal), tag="ckpt")
-        dist.barrier()
-        if self.rank == 0:
-            shutil.rmtree(universal)
+            try:
+                if self.rank == 0:
+                    to_universal(d, "ckpt", universal)
+                dist.barrier()
+                engine.load_checkpoint(str(universal), tag="ckpt")
+                dist.barrier()
+            finally:
+                if self.rank == 0:
+                    for path in (universal, universal.with_name(universal.name + ".tmp")):
+                        shutil.rmtree(path, ignore_errors=True)
         self.timing["elastic_resume_s"] = time.perf_counter() - t0
         self.log(f"checkpoint of step {state['step']} saved by {state['world_size']} worker(s) loaded into "
                  f"{self.world} through a universal checkpoint ({self.timing['elastic_resume_s']:.1f} s)")
@@ -560,7 +570,10 @@ def _export(plan: RunPlan, stage: StagePlan, engine, tok, rank: int) -> None:
 
         from fspo_ray.modeling import load_model_and_tokenizer
 
-        base, _ = load_model_and_tokenizer(stage.init_path, dtype=plan.dtype, attn_implementation=plan.attn_implementation)
+        # In the dtype the model trained in (bf16 on GPUs under "auto"), as a full fine-tune's export
+        # is; loaded on CPU, "auto" alone would give fp32 (twice the size, and not what trained).
+        dtype = plan.dtype if plan.dtype != "auto" else ("bfloat16" if plan.use_gpu else "float32")
+        base, _ = load_model_and_tokenizer(stage.init_path, dtype=dtype, attn_implementation=plan.attn_implementation)
         peft_model = get_peft_model(base, LoraConfig(r=plan.lora_rank, lora_alpha=plan.lora_alpha,
                                                      target_modules="all-linear", task_type="CAUSAL_LM"))
         peft_model.load_state_dict(state, strict=False)

@@ -143,14 +143,26 @@ def fit(cfg: RunConfig, *, fail_at: dict | None = None) -> float:
     return time.perf_counter() - t0
 
 
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The run's newest Ray Train checkpoint directory (what Ray Train resumes), or None. Ray names
+    them `checkpoint_<UTC time>`, so their names sort by time; Train v2's
+    `checkpoint_manager_snapshot.json` lives beside them and is not one."""
+    return max((p for p in run_dir.glob("checkpoint_*") if p.is_dir()), default=None)
+
+
 def _check_resume(cfg: RunConfig, plan) -> None:
     """The newest checkpoint of the run is the one Ray Train resumes. One saved by another number
     of workers goes through a universal checkpoint (training/elastic.py); where that cannot work,
     fail here, before any worker starts."""
-    from fspo_ray.training.elastic import ElasticResumeError, check_resumable, saved_world_size
+    from fspo_ray.training.elastic import (
+        ElasticResumeError,
+        check_resumable,
+        saved_world_size,
+        saved_zero_stage,
+    )
     from fspo_ray.training.loop import CLIENT_STATE
 
-    newest = max((cfg.layout.ray_train.resolve() / cfg.run_name).glob("checkpoint_*"), default=None)
+    newest = newest_checkpoint(cfg.layout.ray_train.resolve() / cfg.run_name)
     if newest is None or not (newest / CLIENT_STATE).is_file():
         return
     state = json.loads((newest / CLIENT_STATE).read_text())
@@ -159,7 +171,8 @@ def _check_resume(cfg: RunConfig, plan) -> None:
         return
     saved = state.get("world_size") or saved_world_size(newest / "ckpt")
     try:
-        check_resumable(saved, cfg.train.num_workers, zero_stage=plan.zero_stage, optimizer=stage.optimizer)
+        check_resumable(saved, cfg.train.num_workers, saved_zero_stage=saved_zero_stage(newest / "ckpt"),
+                        zero_stage=plan.zero_stage, optimizer=stage.optimizer)
     except ElasticResumeError as e:
         raise FspoError(f"stage {stage.name}: {e}") from None
     if saved != cfg.train.num_workers:

@@ -298,17 +298,17 @@ def test_zero2_checkpoint_resumes_with_another_number_of_workers(tmp_path):
     with 2 ranks, saved after step 3; resumed with 1 rank through training/elastic.py's universal
     checkpoint, saved after step 5; resumed with 2 ranks again. Every loss and the final weights
     equal the uninterrupted 2-rank run's (exactly here: these sums do not depend on the order)."""
-    from fspo_ray.training.elastic import saved_world_size, to_universal
+    from fspo_ray.training.elastic import saved_world_size, saved_zero_stage, to_universal
 
     ref = _ds_run(tmp_path, "two", 2, "rmsprop", (0, 6), save_after=3)
-    assert saved_world_size(tmp_path / "two" / "ckpt") == 2
-    universal = to_universal(tmp_path / "two", "ckpt", tmp_path / "two-universal", zero_stage=2)
+    assert saved_world_size(tmp_path / "two" / "ckpt") == 2 and saved_zero_stage(tmp_path / "two" / "ckpt") == 2
+    universal = to_universal(tmp_path / "two", "ckpt", tmp_path / "two-universal")
     # Each parameter whole: fp32 weights, RMSprop's square_avg and step (steps 4-6 depend on them).
     assert {p.name for p in (universal / "ckpt" / "zero" / "0.weight").iterdir()} == {"fp32.pt", "square_avg.pt", "step.pt"}
     one = _ds_run(tmp_path, "one", 1, "rmsprop", (3, 6), universal=True, save_after=5, load=universal)
     assert saved_world_size(tmp_path / "one" / "ckpt") == 1
     two = _ds_run(tmp_path, "two-again", 2, "rmsprop", (5, 6), universal=True,
-                  load=to_universal(tmp_path / "one", "ckpt", tmp_path / "one-universal", zero_stage=2))
+                  load=to_universal(tmp_path / "one", "ckpt", tmp_path / "one-universal"))
     assert one["losses"] == pytest.approx(ref["losses"][3:], rel=1e-6)
     assert two["losses"] == pytest.approx(ref["losses"][5:], rel=1e-6)
     assert two["lr"] == ref["lr"] == [1e-2]  # the scheduler's state came along
@@ -326,7 +326,7 @@ def test_universal_layout_equals_deepspeeds_converter_for_adamw(tmp_path):
     from fspo_ray.training.elastic import to_universal
 
     _ds_run(tmp_path, "adam", 2, "adamw", (0, 3), save_after=3)
-    ours = to_universal(tmp_path / "adam", "ckpt", tmp_path / "ours", zero_stage=2) / "ckpt"
+    ours = to_universal(tmp_path / "adam", "ckpt", tmp_path / "ours") / "ckpt"
     theirs = tmp_path / "theirs" / "ckpt"
     ds_to_universal(argparse.Namespace(input_folder=str(tmp_path / "adam" / "ckpt"), output_folder=str(theirs),
                                        num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
@@ -351,10 +351,15 @@ def test_zero3_checkpoint_resumes_with_another_number_of_workers_with_adamw_only
     """ZeRO-3 goes through DeepSpeed's own converter and loader, which carry Adam's state only:
     AdamW resumes 2 -> 1 to the uninterrupted run's losses and weights; RMSprop is refused with
     the fix named, by the driver's check and by the conversion."""
-    from fspo_ray.training.elastic import ElasticResumeError, check_resumable, to_universal
+    from fspo_ray.training.elastic import (
+        ElasticResumeError,
+        check_resumable,
+        saved_zero_stage,
+        to_universal,
+    )
 
     ref = _ds_run(tmp_path, "adam", 2, "adamw", (0, 5), save_after=3, zero_stage=3)
-    universal = to_universal(tmp_path / "adam", "ckpt", tmp_path / "adam-universal", zero_stage=3)
+    universal = to_universal(tmp_path / "adam", "ckpt", tmp_path / "adam-universal")
     one = _ds_run(tmp_path, "adam-one", 1, "adamw", (3, 5), universal=True, load=universal, zero_stage=3)
     assert one["losses"] == pytest.approx(ref["losses"][3:], rel=1e-6)
     for name, w in ref["weights"].items():
@@ -362,8 +367,12 @@ def test_zero3_checkpoint_resumes_with_another_number_of_workers_with_adamw_only
 
     _ds_run(tmp_path, "rms", 2, "rmsprop", (0, 1), save_after=1, zero_stage=3)
     with pytest.raises(ElasticResumeError, match="reads Adam's exp_avg/exp_avg_sq only"):
-        to_universal(tmp_path / "rms", "ckpt", tmp_path / "rms-universal", zero_stage=3)
+        to_universal(tmp_path / "rms", "ckpt", tmp_path / "rms-universal")
     with pytest.raises(ElasticResumeError, match="Set train.num_workers=2"):
-        check_resumable(2, 1, zero_stage=3, optimizer="rmsprop")
-    check_resumable(2, 1, zero_stage=2, optimizer="rmsprop")  # ZeRO-2: any optimizer
-    check_resumable(2, 2, zero_stage=3, optimizer="rmsprop")  # same count: DeepSpeed's own load
+        check_resumable(2, 1, saved_zero_stage=3, zero_stage=3, optimizer="rmsprop")
+    check_resumable(2, 1, saved_zero_stage=2, zero_stage=2, optimizer="rmsprop")  # ZeRO-2: any optimizer
+    check_resumable(2, 2, saved_zero_stage=3, zero_stage=3, optimizer="rmsprop")  # same count: DeepSpeed's own load
+    # The stage is read from the checkpoint's files, and a change of ZeRO stage is refused with the fix.
+    assert saved_zero_stage(tmp_path / "rms" / "ckpt") == saved_zero_stage(tmp_path / "adam" / "ckpt") == 3
+    with pytest.raises(ElasticResumeError, match="Set train.zero_stage=3"):
+        check_resumable(2, 2, saved_zero_stage=3, zero_stage=2, optimizer="adamw")
