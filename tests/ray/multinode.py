@@ -94,7 +94,8 @@ def cluster_spec() -> ClusterSpec:
                        float(aws.get("upscaling_speed", 1.0)), idle_s)
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free on 127.0.0.1 now (bound together, then released)."""
     socks = [socket.socket() for _ in range(n)]
     try:
         for s in socks:
@@ -185,7 +186,7 @@ class LocalCluster:
         for p in self._patches:
             p.start()
         head = {k: v for k, v in self.spec.head_resources.items() if k != "CPU"}
-        gcs, client, metrics, metrics_agent, agent, env_agent = _free_ports(6)
+        gcs, client, metrics, metrics_agent, agent, env_agent = free_ports(6)
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": self.spec.head_resources.get("CPU", 0), "resources": head, "temp_dir": self.temp_dir,
             "gcs_server_port": gcs, "ray_client_server_port": client, "metrics_export_port": metrics,
@@ -200,7 +201,7 @@ class LocalCluster:
         """A worker node of `group` (its resources as cluster/ declares them, fewer CPUs, no GPUs); its node id."""
         g = self.spec.groups[group]
         extra = {k: v for k, v in g.resources.items() if k not in ("CPU", "GPU") and not k.startswith("accelerator_type:")}
-        export, agent = _free_ports(2)
+        export, agent = free_ports(2)
         node = self.cluster.add_node(num_cpus=num_cpus, resources=extra, object_store_memory=150 * 1024 * 1024,
                                      metrics_export_port=export, metrics_agent_port=agent)
         self.nodes[node.node_id] = node
@@ -300,7 +301,7 @@ def start_autoscaling_head(node_types: dict, head_resources: dict, **settings) -
     """
     temp_dir = tempfile.mkdtemp(prefix="fspo-as-", dir="/tmp")
     marker = uuid.uuid4().hex
-    gcs, client, metrics, agent_http, agent_grpc, env_agent, node_mgr, obj_mgr, dash = _free_ports(9)
+    gcs, client, metrics, agent_http, agent_grpc, env_agent, node_mgr, obj_mgr, dash = free_ports(9)
     config = {
         "cluster_name": f"fspo-fake-{marker[:8]}",
         "max_workers": settings.pop("max_workers"),

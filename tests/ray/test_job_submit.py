@@ -19,7 +19,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.ray.multinode import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))  # the venv's CLI; the cluster then runs the venv's python
@@ -58,17 +59,6 @@ def tiny_overrides(out: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the cluster
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _http_status(url: str, token: str | None = None) -> int:
@@ -121,7 +111,7 @@ class Head:
 def _start_head(attempt: int) -> Head:
     temp_dir = tempfile.mkdtemp(prefix="fspo-rj-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     token, marker = secrets.token_hex(24), f"{uuid.uuid4().hex}-{attempt}"
-    gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = _free_ports(9)
+    gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = free_ports(9)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` in entrypoints = the venv's
@@ -242,7 +232,7 @@ def test_readme_commands_generate_build_train_evaluate_in_a_fresh_shell(tmp_path
     out = tmp_path / "run"  # absolute: the jobs run in an uploaded copy of the repository
     temp_dir = tempfile.mkdtemp(prefix="fspo-rd-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     token, marker = secrets.token_hex(24), f"{uuid.uuid4().hex}-readme"
-    gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = _free_ports(9)
+    gcs, dash, client, agent_http, agent_grpc, env_agent, metrics, node_mgr, obj_mgr = free_ports(9)
     # The README's lines, each as printed; only what keeps this cluster apart from others on the
     # machine is added: its own temp dir and ports on `ray start`, the run directory, and the
     # tiny world's sizes after each job's own arguments.
