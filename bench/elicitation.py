@@ -91,8 +91,12 @@ class Scorer:
                            template=ep.template)
         if "signed" in inspect.signature(encode_episode).parameters:
             self.kwargs["signed"] = getattr(ep, "signed_shots", False)
-        if ep.template == "chat":
+        if ep.template == "chat":  # rendered by episodes.apply_chat, with its fixed date_string
             self.kwargs["apply_chat_template"] = self.tok.apply_chat_template
+        if "bos_ids" in inspect.signature(encode_episode).parameters:  # as training encodes (the model's BOS)
+            from fspo_ray.modeling import bos_prefix_ids
+
+            self.kwargs["bos_ids"] = bos_prefix_ids(self.tok)
 
     def _encode(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]

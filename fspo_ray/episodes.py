@@ -214,12 +214,24 @@ def render_description_completion(description: str, eos_token: str) -> str:
     return f"{description}\n{eos_token}"
 
 
+# Llama-3.x chat templates print "Today Date: {date_string}", today's date (strftime_now) when none is
+# given: a prompt would change from day to day (train vs serve, a resumed run vs its first half).
+# Every chat rendering passes this fixed date, Llama-3.1's own default.
+CHAT_DATE = "26 Jul 2024"
+
+
+def chat_prompt(apply_chat_template: Callable[..., str], messages: Sequence[Mapping[str, str]]) -> str:
+    """Chat messages -> prompt text ready for the assistant turn; the one place a chat template is
+    applied (extra keywords reach the Jinja template, so `date_string` pins the date)."""
+    return apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True, date_string=CHAT_DATE)
+
+
 def apply_chat(prompt: str, apply_chat_template: Callable[..., str]) -> str:
     """Chat-template option: the markdown prompt as one user turn, ready for the assistant turn.
 
     User-supplied text never enters the system role.
     """
-    return apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return chat_prompt(apply_chat_template, [{"role": "user", "content": prompt}])
 
 
 # --------------------------------------------------------------------------- tokenization
@@ -260,6 +272,12 @@ class EncodedEpisode:
             for q in self.queries]}
 
 
+def with_bos(ids: Sequence[int], bos_ids: Sequence[int]) -> list[int]:
+    """Prompt ids that start with `bos_ids` once: prepended unless already there (a chat template writes it)."""
+    ids, bos_ids = list(ids), list(bos_ids)
+    return ids if ids[: len(bos_ids)] == bos_ids else bos_ids + ids
+
+
 def _split_chat(prefix: str, query: str, apply_chat_template: Callable[..., str]) -> tuple[str, str]:
     """The chat-wrapped prompt cut where the query starts: (chat head + prefix, query + chat tail)."""
     wrapped = apply_chat(prefix + query, apply_chat_template)
@@ -279,6 +297,7 @@ def encode_episode(
     apply_chat_template: Callable[..., str] | None = None,
     task: str = "answer",
     signed: bool = False,
+    bos_ids: Sequence[int] = (),
 ) -> EncodedEpisode | None:
     """Tokenize an episode so every query fits `max_length` (prefix + question + its longer
     completion: the sequence the model sees when that query is scored alone).
@@ -286,7 +305,8 @@ def encode_episode(
     Whole oldest shots are dropped first; a question and its completions are never cut, and no
     query is dropped. Returns None when even `min_shots` shots do not fit (the caller counts
     it). Prefix, question and completions are tokenized separately, as TRL tokenizes prompt
-    and completion, so a query's tokens are identical whatever else shares the row.
+    and completion, so a query's tokens are identical whatever else shares the row. `bos_ids`
+    (the model's BOS, for a tokenizer that adds one) starts the prefix once.
     """
     if template not in TEMPLATES:
         raise EpisodeError(f"unknown template {template!r}; expected one of {TEMPLATES}")
@@ -313,7 +333,7 @@ def encode_episode(
             else:
                 head = prefix
             encoded.append((head, encode(query), c, r))
-        prefix_ids = encode(encoded[0][0]) if encoded[0][0] else []
+        prefix_ids = with_bos(encode(encoded[0][0]) if encoded[0][0] else [], bos_ids)
         fits = all(len(prefix_ids) + len(q) + max(len(c), len(r)) <= max_length for _, q, c, r in encoded)
         if fits:
             if not prefix_ids:  # no shots and no chat head: the question itself starts the sequence

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -253,6 +253,62 @@ def load_model_and_tokenizer(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device), tokenizer
+
+
+def default_device() -> str:
+    """'cuda' or 'cpu' for a model whose config names no device.
+
+    Inside a Ray task or actor: cuda only when Ray gave it a GPU. Ray 2.60 no longer hides the
+    GPUs from a process that asked for none (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO now defaults off),
+    so torch alone would put a 0-GPU actor on cuda:0, next to whatever Ray placed there (OOM beside
+    vLLM). Outside Ray: cuda when there is one.
+    """
+    import ray
+    import torch
+
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a reply: the model's generation_config.eos_token_id (an int or a list;
+    Llama-3.2-Instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>), then the tokenizer's EOS, each once.
+
+    `generate(eos_token_id=tokenizer.eos_token_id)` would replace the model's list, and a reply would
+    run past the <|eot_id|> where vLLM, which stops on the whole list, ends it."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if configured is None:
+        ids = []
+    elif isinstance(configured, int):
+        ids = [configured]
+    else:
+        ids = list(configured)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids))
+
+
+def bos_prefix_ids(tokenizer) -> list[int]:
+    """[bos_token_id] when the tokenizer adds a BOS by default (Llama-3's post-processor does), else [].
+
+    Prompts are tokenized with add_special_tokens=False (training tokenizes prefix, question and
+    completions apart), so the BOS such a model was trained with is put back once, on the prompt's
+    ids only (`with_bos`). The project's tiny tokenizers add none: for them this is []."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return []
+    return [bos] if tokenizer("x", add_special_tokens=True)["input_ids"][:1] == [bos] else []
+
+
+def encode_prompt(tokenizer, text: str, bos_ids: Sequence[int] | None = None) -> list[int]:
+    """A whole prompt's token ids as every engine and training see them: the text without added
+    special tokens, after the model's BOS when it uses one (`bos_ids`: bos_prefix_ids, computed once)."""
+    from fspo_ray.episodes import with_bos
+
+    if bos_ids is None:
+        bos_ids = bos_prefix_ids(tokenizer)
+    return with_bos(tokenizer(text, add_special_tokens=False)["input_ids"], bos_ids)
 
 
 PROMPT_CONTRACT = "fspo_prompt.json"

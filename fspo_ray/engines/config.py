@@ -44,7 +44,8 @@ class EngineConfig(Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
         "sdpa", description="hf only: attention kernel passed to transformers."
     )
-    device: str | None = Field(None, description="hf only: 'cpu', 'cuda', ... (unset: cuda when available).")
+    device: str | None = Field(None, description="hf only: 'cpu', 'cuda', ... (unset: cuda when available; inside a "
+                                     "Ray actor, only when it was given a GPU: num_gpus > 0).")
     torch_threads: int | None = Field(
         None, ge=1, description="hf only: torch intra-op threads in this process (unset: torch's default, which "
         "Ray sets from the CPUs an actor or replica asks for)."

@@ -56,21 +56,14 @@ def embedder_problem(cfg: EmbedderConfig) -> str | None:
 
 
 def load_sentence_model(path: str, device: str | None = None):
-    """A SentenceTransformer from a local directory, offline; on CUDA when there is one and no
-    device is named."""
+    """A SentenceTransformer from a local directory, offline; with no device named, on CUDA when
+    this process may use one (inside Ray: only when the actor was given a GPU)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(path, device=device or ("cuda" if _has_cuda() else "cpu"))
+    from fspo_ray.modeling import default_device
 
-
-def _has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
+    return SentenceTransformer(path, device=device or default_device())
 
 
 class EmbedActor:

@@ -2,8 +2,8 @@
 
 Two implementations: Hugging Face transformers (CPU or GPU) and vLLM (GPU, imported only when
 one is built, so the package and its tests run without it). Both take a prompt as text and
-tokenize it without adding special tokens (the prompt, chat-rendered or not, is the whole
-input), so the same prompt is the same token ids on either engine and in training.
+tokenize it with `modeling.encode_prompt` (no added special tokens but the model's BOS, once),
+so the same prompt is the same token ids on either engine and in training.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 def render_chat(tokenizer, messages: list[dict]) -> str:
     """Chat messages -> prompt text with the model's chat template (the contents joined without one)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        from fspo_ray.episodes import chat_prompt
+
+        return chat_prompt(tokenizer.apply_chat_template, messages)
     return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
 
@@ -47,16 +49,21 @@ class HFEngine:
 
     def __init__(self, model_path: str, *, dtype: str = "auto", attn_implementation: str = "sdpa",
                  device: str | None = None, batch_size: int = 16, model_kwargs: dict | None = None):
-        import torch
+        from fspo_ray.modeling import (
+            bos_prefix_ids,
+            default_device,
+            load_model_and_tokenizer,
+            stop_token_ids,
+        )
 
-        from fspo_ray.modeling import load_model_and_tokenizer
-
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         self.model, self.tokenizer = load_model_and_tokenizer(
             model_path, dtype=dtype, attn_implementation=attn_implementation, device=device,
             model_kwargs=model_kwargs)
         self.model.eval()
         self.tokenizer.padding_side = "left"
+        self.bos_ids = bos_prefix_ids(self.tokenizer)
+        self.stop_ids = stop_token_ids(self.model, self.tokenizer)
         self.device = device
         self.batch_size = batch_size
         self.name = f"hf:{model_path}"
@@ -64,13 +71,17 @@ class HFEngine:
         self._lock = threading.Lock()  # one generate at a time per model (thread-safe under Serve)
 
     def _inputs(self, prompts: Sequence[str]):
-        return self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        from fspo_ray.modeling import encode_prompt
+
+        ids = [encode_prompt(self.tokenizer, p, self.bos_ids) for p in prompts]
+        return self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)  # left-padded
 
     def _gen_kwargs(self, sampling: Sampling) -> dict:
         kw = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                  eos_token_id=self.tokenizer.eos_token_id)
+                  eos_token_id=self.stop_ids)
         if sampling.temperature > 0:
-            kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            # top_k=0: no top-k, as vLLM samples (transformers 5 would fill in top_k=50).
+            kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
             kw.update(do_sample=False)
         return kw
@@ -151,8 +162,12 @@ class VLLMEngine:
 
         params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                 top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None)
-        # Token ids without special tokens, as HFEngine and training tokenize (vLLM would add a BOS).
-        ids = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        # Token ids as HFEngine and training tokenize them (vLLM's own tokenizing would add a second BOS
+        # to a chat-rendered prompt).
+        from fspo_ray.modeling import bos_prefix_ids, encode_prompt
+
+        bos_ids = bos_prefix_ids(self.tokenizer)
+        ids = [{"prompt_token_ids": encode_prompt(self.tokenizer, p, bos_ids)} for p in prompts]
         return [o.outputs[0].text for o in self.llm.generate(ids, params, use_tqdm=False)]
 
 

@@ -13,7 +13,8 @@ columns it has (empty if it has none), so stages for several models can follow e
 
 hf: an actor pool whose actors hold the stage's models (one each, or several sharing a pool).
 vllm: per model, a CPU actor renders and tokenizes the prompts, then a ray.data.llm processor
-generates. Both engines see the prompt as the same token ids, without added special tokens.
+generates. Both engines see the prompt as the same token ids (modeling.encode_prompt: no added
+special tokens but the model's BOS, once).
 vLLM and ray.data.llm are imported only when a vllm stage is built.
 """
 
@@ -100,16 +101,18 @@ class GenerateActor:
 
 
 class PromptTokenizer:
-    """vllm's CPU half: rows -> `tokenized_prompt` without added special tokens (as HFEngine does)."""
+    """vllm's CPU half: rows -> `tokenized_prompt`, tokenized as HFEngine tokenizes (modeling.encode_prompt)."""
 
     def __init__(self, model: str):
-        from fspo_ray.modeling import load_tokenizer
+        from fspo_ray.modeling import bos_prefix_ids, load_tokenizer
 
         self.tokenizer = load_tokenizer(model)
+        self.bos_ids = bos_prefix_ids(self.tokenizer)
 
     def __call__(self, row: dict) -> dict:
-        ids = self.tokenizer(prompt_of(self.tokenizer, row), add_special_tokens=False)["input_ids"]
-        return {**row, "tokenized_prompt": ids}
+        from fspo_ray.modeling import encode_prompt
+
+        return {**row, "tokenized_prompt": encode_prompt(self.tokenizer, prompt_of(self.tokenizer, row), self.bos_ids)}
 
 
 def vllm_preprocess(sampling: dict):
@@ -169,7 +172,7 @@ def vllm_processor_config(cfg: EngineConfig):
         accelerator_type=cfg.accelerator_type,
         should_continue_on_error=cfg.should_continue_on_error,
         chat_template_stage=False,  # rendered by PromptTokenizer, as the hf engine renders it
-        tokenize_stage=False,  # tokenized by PromptTokenizer, without added special tokens
+        tokenize_stage=False,  # tokenized by PromptTokenizer, as the hf engine tokenizes
         detokenize_stage=False,  # vLLM's own text honours the stop strings
     )
 

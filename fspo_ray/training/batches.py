@@ -20,6 +20,7 @@ from fspo_ray.episodes import Episode, Preference, build_episodes, encode_episod
 from fspo_ray.errors import FspoError
 from fspo_ray.forward import tree_forward
 from fspo_ray.losses import implicit_reward_correct
+from fspo_ray.modeling import bos_prefix_ids
 
 EVAL_EPOCH = 10_000  # the held-out episodes' sampling epoch: never one that trains
 
@@ -73,12 +74,14 @@ def encode_examples(episodes: Sequence[Episode], tokenizer, stage, plan,
                 cache[text] = ids
         return ids
 
+    # Rendered by episodes.apply_chat (a fixed date_string), started by the model's BOS when it uses one.
     chat = tokenizer.apply_chat_template if plan.template == "chat" else None
+    bos_ids = bos_prefix_ids(tokenizer)
     out, dropped = [], 0
     for index, e in enumerate(episodes):
         enc = encode_episode(e, encode, eos_token=tokenizer.eos_token, max_length=plan.max_length,
                              min_shots=stage.min_shots, template=plan.template, rat=stage.rat,
-                             apply_chat_template=chat, task=stage.task, signed=plan.signed_shots)
+                             apply_chat_template=chat, task=stage.task, signed=plan.signed_shots, bos_ids=bos_ids)
         if enc is None:
             dropped += 1
             continue

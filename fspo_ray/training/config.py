@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fspo_ray.sections import ConfigError, Section
 
 # train.<field> -> the package its metric sink imports in the worker, and how to install it.
 METRIC_SINKS = {"tensorboard": ("tensorboard", "pip install 'fspo-ray[report]'"),
                 "mlflow": ("mlflow", "pip install mlflow"), "wandb": ("wandb", "pip install wandb")}
+
+
+# The attention implementations the tree forward can mask (fspo_ray.forward.MASKED_ATTENTION; not imported
+# here, so the config loads without torch; a unit test keeps the two equal).
+TRAIN_ATTENTION = ("sdpa", "eager", "flex_attention")
 
 
 class ModelConfig(Section):
@@ -28,9 +33,20 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype: 'auto' is bfloat16 on GPU and float32 on CPU."
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
-        "sdpa", description="Attention kernel passed to transformers."
+    attn_implementation: Literal["sdpa", "eager", "flex_attention"] = Field(
+        "sdpa", description="Attention kernel passed to transformers: one that takes the tree forward's 4D mask "
+        "(fspo_ray.forward.MASKED_ATTENTION); flash_attention_2 does not (the engines' attn_implementation may use it).",
     )
+
+    @field_validator("attn_implementation", mode="before")
+    @classmethod
+    def _masked_attention(cls, value):
+        if value == "flash_attention_2":
+            raise ValueError(
+                "flash_attention_2 cannot train here: the tree and shared-prefix forwards need a 4D attention mask, "
+                f"which it does not take; expected one of {TRAIN_ATTENTION}"
+            )
+        return value
 
 
 class LossConfig(Section):

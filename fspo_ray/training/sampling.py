@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from fspo_ray.episodes import Episode, Preference, apply_chat, render_describe_prompt
+from fspo_ray.modeling import bos_prefix_ids, encode_prompt, stop_token_ids
 
 
 def describe_prompts(episodes: Sequence[Episode], tokenizer, template: str, signed: bool = False) -> list[str]:
@@ -30,13 +31,17 @@ def sample_texts(model, tokenizer, prompts: Sequence[str], *, k: int, temperatur
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
     out: list[list[str]] = []
+    bos_ids, stop_ids = bos_prefix_ids(tokenizer), stop_token_ids(model, tokenizer)
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            ids = [encode_prompt(tokenizer, p, bos_ids) for p in chunk]  # as training encodes the prefix
+            enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)  # left-padded
+            # transformers' default top_k=50 stays on here (unlike HFEngine): the RAT figures in docs were
+            # measured with it.
             gen = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, num_return_sequences=k,
                                  max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=tokenizer.eos_token_id)
+                                 eos_token_id=stop_ids)
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
             texts = [t.strip().split("\n")[0].strip() for t in texts]
             out.extend(texts[i * k : (i + 1) * k] for i in range(len(chunk)))

@@ -101,7 +101,7 @@ def test_truncation_drops_oldest_whole_shots_and_keeps_question_and_completions(
 def test_chat_template_option_keeps_user_text_out_of_system_role():
     calls = []
 
-    def apply(messages, tokenize, add_generation_prompt):
+    def apply(messages, tokenize, add_generation_prompt, **template_kwargs):
         calls.append(messages)
         return "<u>" + messages[0]["content"] + "</u><a>"
 
