@@ -179,6 +179,14 @@ class _Stage:
             return len(text.split())
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
+    def count_prompt(self, prompt: str) -> int:
+        """A whole prompt's tokens as the engine feeds them (the model's BOS included, when it has one)."""
+        if self.tokenizer is None:
+            return self.count(prompt)
+        from fspo_ray.modeling import encode_prompt
+
+        return len(encode_prompt(self.tokenizer, prompt))
+
     def wrap(self, markdown_prompt: str) -> str:
         if self.template == "chat":
             return apply_chat(markdown_prompt, self.tokenizer.apply_chat_template)
@@ -240,7 +248,7 @@ class Personalizer:
         """Drop whole oldest shots until prompt + generation fit; the question is never cut."""
         while True:
             prompt = render(shots)
-            n = stage.count(prompt)
+            n = stage.count_prompt(prompt)
             if stage.max_prompt_tokens is None or n + max_new_tokens <= stage.max_prompt_tokens:
                 return prompt, n, len(shots)
             if not shots:

@@ -303,3 +303,13 @@ def test_training_refuses_flash_attention_2_at_config_time():
     with pytest.raises(ConfigError, match=r"model\.attn_implementation: .*flash_attention_2 cannot train.*4D attention"):
         build_config({"model": {"attn_implementation": "flash_attention_2"}})
     assert EngineConfig(model="m", attn_implementation="flash_attention_2").attn_implementation == "flash_attention_2"
+
+
+def test_personalizer_counts_a_prompt_as_the_engine_feeds_it(llama):
+    """The prompt budget (max_prompt_tokens) counts the BOS the engine puts in front."""
+    from fspo_ray.personalize import _Stage
+
+    engine = HFEngine(str(llama), device="cpu")
+    stage = _Stage(engine, EngineConfig(kind="hf", model=str(llama)), "markdown", 64)
+    fed = _rows(engine._inputs([PROMPT]))[0]
+    assert stage.count_prompt(PROMPT) == len(fed) == stage.count(PROMPT) + 1
