@@ -535,16 +535,25 @@ def _autoscale(tmp_path, idle_timeout_minutes: float):
         done.set()
         t.join(timeout=10)
         worked = {m["node_id"] for m in _manifests(out).values()}
+        # Idle: each node's removal time. Ray 2.60 restarts a node's idle clock when another node is
+        # removed (seen here: the second of two idle nodes goes one idle timeout after the first), so
+        # k idle nodes may take up to k idle timeouts to go; the wait allows for that.
         t_idle = time.perf_counter()
-        while time.perf_counter() - t_idle < idle_timeout_minutes * 60 + 120 and _worker_nodes(head_node):
+        removed_s: dict[str, float] = {}
+        while time.perf_counter() - t_idle < len(seen) * idle_timeout_minutes * 60 + 120:
+            up = _worker_nodes(head_node)
+            for node in set(seen) - set(up) - set(removed_s):
+                removed_s[node] = time.perf_counter() - t_idle
+            if not up:
+                break
             time.sleep(0.5)
-        gone_s = time.perf_counter() - t_idle
         left = _worker_nodes(head_node)
         from fspo_ray.generation.providers import make_provider
         from fspo_ray.generation.sources import plan_shards
 
         planned = len(plan_shards(make_provider(cfg).users_per_split(), cfg.generate.users_per_shard))
-        return dict(report=report, planned=planned, seen=seen, worked=worked, left=left, t_job=t_job, gone_s=gone_s)
+        return dict(report=report, planned=planned, seen=seen, worked=worked, left=left, t_job=t_job,
+                    removed_s=sorted(removed_s.values()))
     finally:
         ray.shutdown()
         head.stop()
@@ -556,11 +565,16 @@ def _check_autoscaled(f, idle_timeout_minutes: float):
     assert len(f["seen"]) >= 2, f"the autoscaler added {len(f['seen'])} node(s) for 4 CPUs of work"
     assert all(r.get(cpu) == 1 and "GPU" not in r for r in f["seen"].values()), f["seen"]  # the cpu group only
     assert f["worked"] <= set(f["seen"]) and len(f["worked"]) >= 2  # the added nodes did the work
-    assert f["left"] == {}, f"idle nodes still up {f['gone_s']:.0f} s after the job"
-    assert f["gone_s"] >= idle_timeout_minutes * 60 * 0.9  # not before the idle timeout
-    resilience("autoscaler: job beyond the head, then idle", idle_timeout_s=idle_timeout_minutes * 60,
+    timeout_s = idle_timeout_minutes * 60
+    removed = f["removed_s"]
+    assert f["left"] == {}, f"idle nodes still up; removed so far after {removed} s"
+    assert removed[0] >= timeout_s * 0.9, removed  # not before the idle timeout
+    # One idle timeout per node at most (a removal restarts the survivors' idle clocks), plus the
+    # autoscaler's and raylets' reaction.
+    assert removed[-1] <= len(removed) * timeout_s + 60, removed
+    resilience("autoscaler: job beyond the head, then idle", idle_timeout_s=timeout_s,
                nodes_added=len(f["seen"]), nodes_that_did_work=len(f["worked"]), job_s=round(f["t_job"], 1),
-               idle_nodes_gone_after_s=round(f["gone_s"], 1), nodes_left=0)
+               idle_nodes_removed_after_s=[round(r, 1) for r in removed], nodes_left=0)
 
 
 @pytest.mark.slow
@@ -570,8 +584,9 @@ def test_autoscaler_adds_cpu_nodes_for_a_job_and_removes_them_once_idle(tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(3600)
 def test_autoscaler_with_the_idle_timeout_of_cluster_configs(tmp_path):
-    """The same with every setting as cluster/aws.yaml has it, the 10-minute idle timeout included."""
+    """The same with every setting as cluster/aws.yaml has it, the 10-minute idle timeout included
+    (k idle nodes may take k x 10 minutes to go: see _autoscale)."""
     minutes = cluster_spec().idle_timeout_s / 60
     _check_autoscaled(_autoscale(tmp_path, minutes), minutes)
