@@ -225,7 +225,7 @@ def test_readme_block_is_the_one_the_slow_test_runs():
                for line in lines[4:])
 
 
-@pytest.mark.slow  # ~10 min on the shared 2-core machine (four jobs, each a cold Python + Ray start)
+@pytest.mark.slow  # ~2 min here (four jobs, each a cold Python + Ray start)
 def test_readme_commands_generate_build_train_evaluate_in_a_fresh_shell(tmp_path):
     from fspo_ray.data import read_preferences
 
