@@ -20,7 +20,6 @@ import statistics
 from fspo_ray.evaluation.plan import Cell
 from fspo_ray.evaluation.stats import paired_difference
 
-
 TARGET_POINTS = 0.08  # the margin FSPO must have over each baseline (docs/evaluation.md)
 
 
