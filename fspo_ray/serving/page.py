@@ -173,6 +173,11 @@ class PageService:
     def display(self, model_question: str, text: str) -> str:
         return self.pool.person_answer(model_question, text)
 
+    @staticmethod
+    def display_persona(text: str) -> str:
+        """The inferred persona as a person reads it (sentences, whichever rendering the model wrote)."""
+        return world_text.persona_for_person(text)
+
     def profile(self, stored: Sequence[Preference]) -> list[dict]:
         """The stored preferences as a person reads them, with the index DELETE takes (oldest first).
         A pool pair is shown as it was asked (a compact question alone can stand for several)."""

@@ -129,7 +129,11 @@ def page_routes(api: FastAPI) -> type:
                 raise APIError(404, f"user {user_id!r} has no stored preferences", code="user_not_found",
                                param="user_id")
             persona, hit = await self._persona(user_id, tuple(stored))
-            return {"user_id": user_id, "persona": persona, "cache_hit": hit, "preferences_used": len(stored)}
+            # `persona`: the model's own words (what the answer stage reads); `persona_display`: the
+            # same as sentences for a person (a compact-world model writes "length: concise, ...").
+            shown = persona if self.page is None else self.page.display_persona(persona)
+            return {"user_id": user_id, "persona": persona, "persona_display": shown, "cache_hit": hit,
+                    "preferences_used": len(stored)}
 
         @api.delete("/v1/users/{user_id}/preferences/{index}")
         async def delete_preference(self, user_id: str, index: int) -> dict:

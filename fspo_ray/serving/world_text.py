@@ -11,9 +11,14 @@ from __future__ import annotations
 from fspo_ray.world import Question
 
 try:  # the world's compact rendering; absent on an older world, where text is the only rendering
-    from fspo_ray.world.rendering import compact_question, compact_response, display_text
+    from fspo_ray.world.rendering import (
+        compact_question,
+        compact_response,
+        display_description,
+        display_text,
+    )
 except ImportError:  # pragma: no cover - depends on the world version installed
-    compact_question = compact_response = display_text = None
+    compact_question = compact_response = display_description = display_text = None
 
 RENDERINGS = ("text", "compact")
 
@@ -34,3 +39,11 @@ def for_person(question: Question | None, text: str, seed: int = 0) -> str:
     if question is None or display_text is None:
         return text
     return display_text(question, text, seed=seed)
+
+
+def persona_for_person(text: str, seed: int = 0) -> str:
+    """An inferred persona as sentences: a compact description ("length: concise, tone: formal")
+    written with the world's description sentences; any other text as it is."""
+    if display_description is None:
+        return text
+    return display_description(text, seed=seed)

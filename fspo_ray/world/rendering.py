@@ -90,3 +90,16 @@ def display_text(question: Question, answer: str, seed: int = 0, generator: str 
     if not view:
         return answer
     return respond(question, view, generator or DEFAULT_GENERATOR, random.Random(seed))
+
+
+def display_description(text: str, seed: int = 0) -> str:
+    """A user description in either rendering, as sentences: a compact one ("length: concise,
+    tone: formal") is read back into its values and written with the world's description
+    sentences, one per value, as a persona's own description is; text is returned as it is."""
+    from fspo_ray.world.persona import make_persona
+    from fspo_ray.world.reader import read_compact
+
+    view = read_compact(text)
+    if not view:
+        return text
+    return make_persona("", "", "", view, random.Random(seed)).description

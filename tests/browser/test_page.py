@@ -120,7 +120,12 @@ def test_new_visitor_elicits_sees_the_persona_chats_and_is_forgotten(browser, ap
         if RENDERING == "compact":
             assert pref["chosen"] != chosen and ":" in pref["chosen"]  # "length: concise, ..." under the sentences
     # The persona on screen is the first stage's description of the stored preferences, and it changed.
-    assert personas[-1] == client.get(f"/v1/users/{uid}/persona").json()["persona"]
+    # Shown as sentences (persona_display); the model's own words on hover when they differ.
+    api_persona = client.get(f"/v1/users/{uid}/persona").json()
+    assert personas[-1] == api_persona["persona_display"]
+    hover = by_id(browser, "persona-text").get_attribute("title")
+    assert hover == ("" if api_persona["persona_display"] == api_persona["persona"]
+                     else f"The model's words: {api_persona['persona']}")
     assert all(personas) and len(set(personas)) > 1
     items = browser.find_elements("css selector", "#prefs li")
     assert len(items) == K

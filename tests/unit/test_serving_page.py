@@ -62,6 +62,19 @@ def test_profile_and_display_give_a_person_sentences():
     assert page.display(pair["question"]["model"], "unreadable model output") == "unreadable model output"
 
 
+@pytest.mark.skipif(RENDERING != "compact", reason="the installed world has no compact rendering")
+def test_a_compact_persona_is_shown_as_the_worlds_description_sentences():
+    from fspo_ray.world.axes import DESCRIPTION_SENTENCES
+
+    shown = PageService.display_persona("length: concise, tone: formal")
+    sentences = [s for key in (("length", "concise"), ("tone", "formal")) for s in DESCRIPTION_SENTENCES[key]]
+    assert ":" not in shown and sum(s in shown for s in sentences) == 2  # one sentence per value
+    assert PageService.display_persona("length: concise, tone: formal") == shown  # deterministic
+    text = "They like concise answers."  # already sentences (a text-world model): as it is
+    assert PageService.display_persona(text) == text
+    assert PageService.display_persona("") == ""
+
+
 def test_info_lists_suggestions_and_the_world():
     info = service(suggestions=4).info("fspo-rat", "the base model")
     assert info["world"] and info["domains"] == ["roleplay", "elix", "reviews"] and info["rendering"] == RENDERING

@@ -206,7 +206,9 @@ async function refreshPersona() {
   el.textContent = "Inferring your preferences…";
   try {
     const p = await api.get(`/v1/users/${state.userId}/persona`);
-    el.textContent = p.persona || "(the model wrote an empty description)";
+    // Sentences for the visitor; the model's own words (what the answer stage reads) on hover.
+    el.textContent = p.persona_display || p.persona || "(the model wrote an empty description)";
+    el.title = p.persona && p.persona_display !== p.persona ? `The model's words: ${p.persona}` : "";
   } finally { el.setAttribute("aria-busy", "false"); }
 }
 
