@@ -206,8 +206,11 @@ def test_resume_that_cannot_change_the_worker_count_fails_before_any_worker_star
 
     out = _run_dir(base, tmp_path, "zero3-rmsprop")
     ckpt = out / "ray_train" / "t" / "checkpoint_2026-01-01_00-00-00.000000"
-    ckpt.mkdir(parents=True)
+    (ckpt / "ckpt").mkdir(parents=True)
     (ckpt / "fspo_state.json").write_text(json.dumps({"stage": "fspo", "step": 2, "world_size": 2}))
+    for rank in range(2):  # ZeRO-3's file names (the driver reads the saving stage from them)
+        (ckpt / "ckpt" / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt").write_bytes(b"")
+    (ckpt.parent / "checkpoint_manager_snapshot.json").write_text("{}")  # Train v2's, beside the checkpoints
     cfg = _cfg(out, zero_stage=3, num_workers=1, stages=[{**FSPO_STAGE, "optimizer": "rmsprop"}])
     with pytest.raises(FspoError, match=r"stage fspo: the checkpoint was saved by 2 worker\(s\).*num_workers=2"):
         run_training(cfg)
