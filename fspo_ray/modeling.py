@@ -311,6 +311,12 @@ def encode_prompt(tokenizer, text: str, bos_ids: Sequence[int] | None = None) ->
     return with_bos(tokenizer(text, add_special_tokens=False)["input_ids"], bos_ids)
 
 
+def prompt_batch(tokenizer, prompts: Sequence[str], bos_ids: Sequence[int]):
+    """`encode_prompt` of each prompt, padded on the tokenizer's padding side (left, for generate):
+    the batch `model.generate` takes (input_ids, attention_mask)."""
+    return tokenizer.pad({"input_ids": [encode_prompt(tokenizer, p, bos_ids) for p in prompts]}, return_tensors="pt")
+
+
 PROMPT_CONTRACT = "fspo_prompt.json"
 
 

@@ -27,6 +27,7 @@ from fspo_ray.episodes import (
     render_prompt,
 )
 from fspo_ray.errors import FspoError
+from fspo_ray.modeling import bos_prefix_ids, encode_prompt
 from fspo_ray.prompting import DEFAULTS, contract_of, setting
 from fspo_ray.sections import ConfigError, Section
 
@@ -163,6 +164,8 @@ class _Stage:
                  signed_shots: bool = False):
         self.engine, self.cfg, self.template, self.signed_shots = engine, cfg, template, signed_shots
         self.tokenizer = getattr(engine, "tokenizer", None)
+        # The model's BOS, decided once (the prompt budget is checked on every request).
+        self.bos_ids = [] if self.tokenizer is None else bos_prefix_ids(self.tokenizer)
         if template == "chat" and (self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None)):
             raise FspoError(f"template 'chat' needs a tokenizer with a chat template; {cfg.model} has none")
         specials = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
@@ -183,9 +186,7 @@ class _Stage:
         """A whole prompt's tokens as the engine feeds them (the model's BOS included, when it has one)."""
         if self.tokenizer is None:
             return self.count(prompt)
-        from fspo_ray.modeling import encode_prompt
-
-        return len(encode_prompt(self.tokenizer, prompt))
+        return len(encode_prompt(self.tokenizer, prompt, self.bos_ids))
 
     def wrap(self, markdown_prompt: str) -> str:
         if self.template == "chat":

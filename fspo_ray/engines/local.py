@@ -71,10 +71,9 @@ class HFEngine:
         self._lock = threading.Lock()  # one generate at a time per model (thread-safe under Serve)
 
     def _inputs(self, prompts: Sequence[str]):
-        from fspo_ray.modeling import encode_prompt
+        from fspo_ray.modeling import prompt_batch
 
-        ids = [encode_prompt(self.tokenizer, p, self.bos_ids) for p in prompts]
-        return self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)  # left-padded
+        return prompt_batch(self.tokenizer, prompts, self.bos_ids).to(self.device)  # left-padded
 
     def _gen_kwargs(self, sampling: Sampling) -> dict:
         kw = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
@@ -149,11 +148,14 @@ class VLLMEngine:
             from vllm import LLM
         except ImportError as e:
             raise ImportError("the vllm engine needs the gpu extra: pip install 'fspo-ray[gpu]' on a CUDA machine") from e
+        from fspo_ray.modeling import bos_prefix_ids
+
         kwargs = vllm_engine_kwargs(cfg)
         if executor is not None:
             kwargs.setdefault("distributed_executor_backend", executor)
         self.llm = LLM(model=cfg.model, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.bos_ids = bos_prefix_ids(self.tokenizer)
         self.context_length = self.llm.llm_engine.model_config.max_model_len
         self.name = f"vllm:{cfg.model}"
 
@@ -164,10 +166,9 @@ class VLLMEngine:
                                 top_p=sampling.top_p, seed=sampling.seed, stop=list(sampling.stop) or None)
         # Token ids as HFEngine and training tokenize them (vLLM's own tokenizing would add a second BOS
         # to a chat-rendered prompt).
-        from fspo_ray.modeling import bos_prefix_ids, encode_prompt
+        from fspo_ray.modeling import encode_prompt
 
-        bos_ids = bos_prefix_ids(self.tokenizer)
-        ids = [{"prompt_token_ids": encode_prompt(self.tokenizer, p, bos_ids)} for p in prompts]
+        ids = [{"prompt_token_ids": encode_prompt(self.tokenizer, p, self.bos_ids)} for p in prompts]
         return [o.outputs[0].text for o in self.llm.generate(ids, params, use_tqdm=False)]
 
 

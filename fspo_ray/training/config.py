@@ -6,7 +6,7 @@ place, `training/plan.py`; these schemas only check values and how stages refer 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,7 +19,8 @@ METRIC_SINKS = {"tensorboard": ("tensorboard", "pip install 'fspo-ray[report]'")
 
 # The attention implementations the tree forward can mask (fspo_ray.forward.MASKED_ATTENTION; not imported
 # here, so the config loads without torch; a unit test keeps the two equal).
-TRAIN_ATTENTION = ("sdpa", "eager", "flex_attention")
+TrainAttention = Literal["sdpa", "eager", "flex_attention"]
+TRAIN_ATTENTION = get_args(TrainAttention)
 
 
 class ModelConfig(Section):
@@ -33,7 +34,7 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype: 'auto' is bfloat16 on GPU and float32 on CPU."
     )
-    attn_implementation: Literal["sdpa", "eager", "flex_attention"] = Field(
+    attn_implementation: TrainAttention = Field(
         "sdpa", description="Attention kernel passed to transformers: one that takes the tree forward's 4D mask "
         "(fspo_ray.forward.MASKED_ATTENTION); flash_attention_2 does not (the engines' attn_implementation may use it).",
     )

@@ -507,17 +507,24 @@ def _scored_summary(result: dict) -> dict:
     return {"reward_accuracy": acc, "held_out_by_shots": dict(sorted(sweep.items())), "pairs": pairs}
 
 
-def _client_state(resume) -> dict | None:
-    """The resumed checkpoint's fspo_state.json (None on a fresh start), with the number of workers that
-    saved it (read from its ZeRO files for checkpoints written before that was recorded)."""
-    if resume is None:
-        return None
+def checkpoint_state(checkpoint_dir: str | Path) -> dict:
+    """A checkpoint's fspo_state.json, with the number of workers that saved it (read from its ZeRO
+    files for checkpoints written before that was recorded)."""
     from fspo_ray.training.elastic import saved_world_size
 
-    with resume.as_directory() as d:
-        state = json.loads((Path(d) / CLIENT_STATE).read_text())
-        state.setdefault("world_size", saved_world_size(Path(d) / "ckpt"))
+    d = Path(checkpoint_dir)
+    state = json.loads((d / CLIENT_STATE).read_text())
+    if not state.get("world_size"):
+        state["world_size"] = saved_world_size(d / "ckpt")
     return state
+
+
+def _client_state(resume) -> dict | None:
+    """The resumed checkpoint's state (None on a fresh start)."""
+    if resume is None:
+        return None
+    with resume.as_directory() as d:
+        return checkpoint_state(d)
 
 
 def _tuple_state(state):

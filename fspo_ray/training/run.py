@@ -154,22 +154,17 @@ def _check_resume(cfg: RunConfig, plan) -> None:
     """The newest checkpoint of the run is the one Ray Train resumes. One saved by another number
     of workers goes through a universal checkpoint (training/elastic.py); where that cannot work,
     fail here, before any worker starts."""
-    from fspo_ray.training.elastic import (
-        ElasticResumeError,
-        check_resumable,
-        saved_world_size,
-        saved_zero_stage,
-    )
-    from fspo_ray.training.loop import CLIENT_STATE
+    from fspo_ray.training.elastic import ElasticResumeError, check_resumable, saved_zero_stage
+    from fspo_ray.training.loop import CLIENT_STATE, checkpoint_state
 
     newest = newest_checkpoint(cfg.layout.ray_train.resolve() / cfg.run_name)
     if newest is None or not (newest / CLIENT_STATE).is_file():
         return
-    state = json.loads((newest / CLIENT_STATE).read_text())
+    state = checkpoint_state(newest)
     stage = next((s for s in plan.stages if s.name == state["stage"] and not is_exported(s.export_dir)), None)
     if stage is None:
         return
-    saved = state.get("world_size") or saved_world_size(newest / "ckpt")
+    saved = state["world_size"]
     try:
         check_resumable(saved, cfg.train.num_workers, saved_zero_stage=saved_zero_stage(newest / "ckpt"),
                         zero_stage=plan.zero_stage, optimizer=stage.optimizer)

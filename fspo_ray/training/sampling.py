@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from fspo_ray.episodes import Episode, Preference, apply_chat, render_describe_prompt
-from fspo_ray.modeling import bos_prefix_ids, encode_prompt, stop_token_ids
+from fspo_ray.modeling import bos_prefix_ids, prompt_batch, stop_token_ids
 
 
 def describe_prompts(episodes: Sequence[Episode], tokenizer, template: str, signed: bool = False) -> list[str]:
@@ -35,8 +35,7 @@ def sample_texts(model, tokenizer, prompts: Sequence[str], *, k: int, temperatur
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])
-            ids = [encode_prompt(tokenizer, p, bos_ids) for p in chunk]  # as training encodes the prefix
-            enc = tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(device)  # left-padded
+            enc = prompt_batch(tokenizer, chunk, bos_ids).to(device)  # as training encodes the prefix; left-padded
             # transformers' default top_k=50 stays on here (unlike HFEngine): the RAT figures in docs were
             # measured with it.
             gen = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, num_return_sequences=k,
